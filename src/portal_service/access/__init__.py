@@ -1,0 +1,1 @@
+"""Reads for apps: /me/*, entitlements and portal capabilities."""

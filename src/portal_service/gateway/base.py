@@ -1,0 +1,73 @@
+"""The gateway interface every other module depends on, and what it returns and raises."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Literal, Protocol
+
+from fastapi import Depends, Request
+
+from portal_service.errors import StripeError
+
+ObjectKind = Literal[
+    "customer",
+    "subscription",
+    "invoice",
+    "payment_method",
+    "tax_id",
+    "price",
+    "billing_portal.configuration",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """An object read from Stripe, with Stripe's clock at the time of the read."""
+
+    object: dict[str, Any]
+    fetched_at: datetime
+
+
+class StripeObjectMissing(StripeError):
+    """Stripe answered 404 `resource_missing` for the object."""
+
+    status = 404
+    code = "stripe_object_missing"
+    default_detail = "Stripe has no such object."
+
+
+class Gateway(Protocol):
+    """What the service needs from Stripe. Errors are DomainErrors: StripeError (Stripe
+    refused, 502), StripeObjectMissing (404 from Stripe), StripeUnavailable (network,
+    timeout, 5xx or 429 after retries, 503)."""
+
+    @property
+    def offline(self) -> bool: ...
+
+    async def create_customer(
+        self, *, email: str | None, app_user_id: str, idempotency_key: str
+    ) -> dict[str, Any]: ...
+
+    async def create_portal_session(
+        self, params: dict[str, Any], *, idempotency_key: str | None
+    ) -> dict[str, Any]:
+        """`params` are Stripe's (customer, return_url, configuration, locale, flow_data).
+        The returned dict holds the session, its `url` included: never store or log it."""
+        ...
+
+    async def retrieve(self, kind: ObjectKind, object_id: str, *, account: str = "") -> Fetched: ...
+
+    async def list_active_entitlements(self, customer_id: str, *, account: str = "") -> Fetched:
+        """`object` is shaped like an active entitlement summary: {customer, entitlements: {data}}."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def _gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+GatewayDep = Annotated[Gateway, Depends(_gateway)]

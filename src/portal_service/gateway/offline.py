@@ -1,0 +1,108 @@
+"""Offline mode (no STRIPE_API_KEY): a local stand-in that creates customers and portal
+sessions itself. Sessions point at a page of this service showing the mirrored state."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from typing import Any
+
+from portal_service.db import utcnow
+from portal_service.gateway.base import Fetched, ObjectKind, StripeObjectMissing
+
+SESSION_LIFETIME_SECONDS = 300
+
+
+class OfflineGateway:
+    def __init__(self, *, base_url: str = "http://127.0.0.1:8000") -> None:
+        self._base_url = base_url.rstrip("/")
+        # A per-process key: offline portal links die with the process, like real ones expire.
+        self._key = secrets.token_bytes(32)
+        self._sessions: dict[str, dict[str, Any]] = {}
+        self._customers: dict[str, dict[str, Any]] = {}
+
+    @property
+    def offline(self) -> bool:
+        return True
+
+    async def create_customer(
+        self, *, email: str | None, app_user_id: str, idempotency_key: str
+    ) -> dict[str, Any]:
+        # Same key, same customer: the concurrency guarantee real Stripe gives us.
+        if idempotency_key in self._customers:
+            return self._customers[idempotency_key]
+        customer: dict[str, Any] = {
+            "id": "cus_offline_" + secrets.token_hex(8),
+            "object": "customer",
+            "email": email,
+            "name": None,
+            "metadata": {"app_user_id": app_user_id},
+            "created": int(time.time()),
+            "livemode": False,
+            "preferred_locales": [],
+            "invoice_settings": {"default_payment_method": None},
+        }
+        self._customers[idempotency_key] = customer
+        return customer
+
+    async def create_portal_session(
+        self, params: dict[str, Any], *, idempotency_key: str | None
+    ) -> dict[str, Any]:
+        if idempotency_key is not None and idempotency_key in self._sessions:
+            return self._sessions[idempotency_key]
+        created = int(time.time())
+        session_id = "bps_offline_" + secrets.token_hex(8)
+        token = self.sign_token({"c": params["customer"], "s": session_id, "t": created})
+        flow = params.get("flow_data")
+        session = {
+            "id": session_id,
+            "object": "billing_portal.session",
+            "configuration": params.get("configuration") or "bpc_offline_default",
+            "created": created,
+            "customer": params["customer"],
+            "flow": flow,
+            "livemode": False,
+            "locale": params.get("locale"),
+            "on_behalf_of": None,
+            "return_url": params.get("return_url"),
+            "url": f"{self._base_url}/offline/portal/{token}",
+        }
+        if idempotency_key is not None:
+            self._sessions[idempotency_key] = session
+        return session
+
+    def sign_token(self, claims: dict[str, Any]) -> str:
+        body = base64.urlsafe_b64encode(json.dumps(claims, separators=(",", ":")).encode())
+        mac = hmac.new(self._key, body, hashlib.sha256).hexdigest()[:32]
+        return f"{body.decode().rstrip('=')}.{mac}"
+
+    def read_token(self, token: str) -> dict[str, Any] | None:
+        """The claims of a portal link this process issued and that has not expired."""
+        body, _, mac = token.partition(".")
+        padded = body + "=" * (-len(body) % 4)
+        expected = hmac.new(self._key, padded.encode(), hashlib.sha256).hexdigest()[:32]
+        if not hmac.compare_digest(mac, expected):
+            return None
+        claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(padded))
+        if time.time() - claims["t"] > SESSION_LIFETIME_SECONDS:
+            return None
+        return claims
+
+    async def retrieve(self, kind: ObjectKind, object_id: str, *, account: str = "") -> Fetched:
+        # Nothing exists in Stripe in offline mode: the mirror is the whole truth.
+        raise StripeObjectMissing(f"Offline mode: no {kind} {object_id} outside the mirror.")
+
+    async def list_active_entitlements(self, customer_id: str, *, account: str = "") -> Fetched:
+        summary = {
+            "object": "entitlements.active_entitlement_summary",
+            "customer": customer_id,
+            "entitlements": {"object": "list", "data": [], "has_more": False},
+        }
+        return Fetched(object=summary, fetched_at=utcnow())
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,163 @@
+"""The real gateway: the official SDK's StripeClient over its async httpx transport."""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import stripe
+
+from portal_service.config import Settings
+from portal_service.db import utcnow
+from portal_service.errors import StripeError, StripeUnavailable
+from portal_service.gateway.base import Fetched, ObjectKind, StripeObjectMissing
+from portal_service.mirror.stripe_models import to_jsonable
+from portal_service.ops.logging import get_logger
+from portal_service.ops.metrics import STRIPE_REQUESTS
+
+T = TypeVar("T")
+log = get_logger("portal_service.gateway")
+
+
+def _stripe_date(obj: Any) -> datetime:
+    """Stripe's `Date` header of the response that carried `obj`; the local clock without one."""
+    response = getattr(obj, "last_response", None)
+    headers = getattr(response, "headers", None) or {}
+    for name, value in headers.items():
+        if name.lower() == "date":
+            try:
+                return email.utils.parsedate_to_datetime(value).astimezone(UTC)
+            except (TypeError, ValueError):
+                break
+    return utcnow()
+
+
+class StripeGateway:
+    def __init__(self, settings: Settings) -> None:
+        assert settings.stripe_api_key is not None  # noqa: S101 - offline mode uses OfflineGateway
+        self._http = stripe.HTTPXClient(timeout=settings.stripe_timeout)
+        base: dict[str, str] = {}
+        if settings.stripe_api_base:
+            base = {"api": settings.stripe_api_base.rstrip("/")}
+        self._client = stripe.StripeClient(
+            settings.stripe_api_key.get_secret_value(),
+            stripe_version=settings.stripe_api_version,
+            max_network_retries=settings.stripe_max_network_retries,
+            base_addresses=base,  # type: ignore[arg-type]  # TypedDict of optional keys
+            http_client=self._http,
+        )
+
+    @property
+    def offline(self) -> bool:
+        return False
+
+    @property
+    def client(self) -> stripe.StripeClient:
+        return self._client
+
+    async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            result = await call()
+        except stripe.RateLimitError as exc:
+            STRIPE_REQUESTS.labels(operation=operation, outcome="rate_limited").inc()
+            retry_after = (exc.headers or {}).get("Retry-After") or "2"
+            raise StripeUnavailable(
+                "Stripe is rate-limiting requests; try again shortly.",
+                headers={"Retry-After": str(retry_after)},
+                extra={"stripe_request_id": exc.request_id},
+            ) from exc
+        except (stripe.APIConnectionError, stripe.APIError) as exc:
+            STRIPE_REQUESTS.labels(operation=operation, outcome="unavailable").inc()
+            log.warning("stripe_unavailable", operation=operation, error=type(exc).__name__)
+            raise StripeUnavailable(extra={"stripe_request_id": exc.request_id}) from exc
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status == 404 and exc.code == "resource_missing":
+                STRIPE_REQUESTS.labels(operation=operation, outcome="not_found").inc()
+                raise StripeObjectMissing(extra={"stripe_request_id": exc.request_id}) from exc
+            STRIPE_REQUESTS.labels(operation=operation, outcome="refused").inc()
+            raise _refused(exc) from exc
+        except stripe.StripeError as exc:
+            if exc.http_status is not None and exc.http_status >= 500:
+                STRIPE_REQUESTS.labels(operation=operation, outcome="unavailable").inc()
+                raise StripeUnavailable(extra={"stripe_request_id": exc.request_id}) from exc
+            STRIPE_REQUESTS.labels(operation=operation, outcome="refused").inc()
+            raise _refused(exc) from exc
+        STRIPE_REQUESTS.labels(operation=operation, outcome="ok").inc()
+        return result
+
+    async def create_customer(
+        self, *, email: str | None, app_user_id: str, idempotency_key: str
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {"metadata": {"app_user_id": app_user_id}}
+        if email:
+            params["email"] = email
+        customer = await self._call(
+            "customers.create",
+            lambda: self._client.v1.customers.create_async(
+                params=params,  # type: ignore[arg-type]
+                options={"idempotency_key": idempotency_key},
+            ),
+        )
+        return to_jsonable(customer.to_dict())  # type: ignore[no-any-return]
+
+    async def create_portal_session(
+        self, params: dict[str, Any], *, idempotency_key: str | None
+    ) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        if idempotency_key is not None:
+            options["idempotency_key"] = idempotency_key
+        session = await self._call(
+            "billing_portal.sessions.create",
+            lambda: self._client.v1.billing_portal.sessions.create_async(
+                params=params,  # type: ignore[arg-type]
+                options=options,  # type: ignore[arg-type]
+            ),
+        )
+        return to_jsonable(session.to_dict())  # type: ignore[no-any-return]
+
+    async def retrieve(self, kind: ObjectKind, object_id: str, *, account: str = "") -> Fetched:
+        options: Any = {"stripe_account": account} if account else {}
+        v1 = self._client.v1
+        retrievers: dict[str, Callable[[], Awaitable[Any]]] = {
+            "customer": lambda: v1.customers.retrieve_async(object_id, options=options),
+            "subscription": lambda: v1.subscriptions.retrieve_async(object_id, options=options),
+            "invoice": lambda: v1.invoices.retrieve_async(object_id, options=options),
+            "payment_method": lambda: v1.payment_methods.retrieve_async(object_id, options=options),
+            "tax_id": lambda: v1.tax_ids.retrieve_async(object_id, options=options),
+            "price": lambda: v1.prices.retrieve_async(object_id, options=options),
+            "billing_portal.configuration": lambda: v1.billing_portal.configurations.retrieve_async(
+                object_id, options=options
+            ),
+        }
+        obj = await self._call(f"{kind}.retrieve", retrievers[kind])
+        return Fetched(object=to_jsonable(obj.to_dict()), fetched_at=_stripe_date(obj))
+
+    async def list_active_entitlements(self, customer_id: str, *, account: str = "") -> Fetched:
+        options: Any = {"stripe_account": account} if account else {}
+        page = await self._call(
+            "entitlements.active_entitlements.list",
+            lambda: self._client.v1.entitlements.active_entitlements.list_async(
+                params={"customer": customer_id, "limit": 100}, options=options
+            ),
+        )
+        fetched_at = _stripe_date(page)
+        data = [to_jsonable(item.to_dict()) async for item in page.auto_paging_iter()]
+        summary = {
+            "object": "entitlements.active_entitlement_summary",
+            "customer": customer_id,
+            "entitlements": {"object": "list", "data": data, "has_more": False},
+        }
+        return Fetched(object=summary, fetched_at=fetched_at)
+
+    async def aclose(self) -> None:
+        await self._http.close_async()  # type: ignore[no-untyped-call]  # untyped in the SDK
+
+
+def _refused(exc: stripe.StripeError) -> StripeError:
+    code = getattr(exc, "code", None)
+    detail = exc.user_message or (
+        f"Stripe refused the request ({code})." if code else "Stripe refused the request."
+    )
+    return StripeError(detail, extra={"stripe_request_id": exc.request_id, "stripe_code": code})

@@ -1,0 +1,96 @@
+"""create_app(settings): lifespan, routers, error handlers and middleware."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
+
+from portal_service import __version__
+from portal_service.access.routes import router as access_router
+from portal_service.auth import JwksCache
+from portal_service.config import Settings, get_settings
+from portal_service.db import create_engine, create_sessionmaker
+from portal_service.errors import install_error_handlers
+from portal_service.gateway import Gateway
+from portal_service.gateway.offline import OfflineGateway
+from portal_service.gateway.stripe import StripeGateway
+from portal_service.mirror.routes import router as mirror_router
+from portal_service.ops.logging import configure_logging
+from portal_service.ops.middleware import RequestContextMiddleware
+from portal_service.ops.routes import router as ops_router
+from portal_service.portal.routes import router as portal_router
+
+DESCRIPTION = """\
+Stripe's hosted customer portal behind one small API, with an exact SQL mirror of every
+customer's billing state. Errors are RFC 9457 `application/problem+json` with a stable `code`.
+"""
+
+
+class PortalApp(FastAPI):
+    def build_middleware_stack(self) -> ASGIApp:
+        # Outside Starlette's ServerErrorMiddleware, so a 500 still gets a request id.
+        return RequestContextMiddleware(super().build_middleware_stack())
+
+
+def build_gateway(settings: Settings) -> Gateway:
+    if settings.offline:
+        return OfflineGateway()
+    return StripeGateway(settings)
+
+
+def create_app(settings: Settings | None = None, *, gateway: Gateway | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    settings.check()
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings.database_url)
+        read_engine = (
+            create_engine(settings.database_read_url) if settings.database_read_url else engine
+        )
+        app.state.engine = engine
+        app.state.sessionmaker = create_sessionmaker(engine)
+        app.state.read_sessionmaker = create_sessionmaker(read_engine)
+        app.state.gateway = gateway or build_gateway(settings)
+        app.state.jwks = JwksCache(settings.auth_jwks_url) if settings.auth_jwks_url else None
+        try:
+            yield
+        finally:
+            await app.state.gateway.aclose()
+            if read_engine is not engine:
+                await read_engine.dispose()
+            await engine.dispose()
+
+    app = PortalApp(
+        title="portal-service",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    if settings.cors_allow_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allow_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "If-None-Match",
+                "X-Request-ID",
+            ],
+            expose_headers=["ETag", "X-Request-ID", "Retry-After"],
+            max_age=600,
+        )
+    app.include_router(ops_router)
+    app.include_router(portal_router)
+    app.include_router(access_router)
+    app.include_router(mirror_router)
+    return app

@@ -1,0 +1,1 @@
+"""Health, readiness, metrics, logging and request ids."""

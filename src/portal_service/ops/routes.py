@@ -1,0 +1,101 @@
+"""/healthz, /readyz and /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Literal
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import col
+
+from portal_service.db import utcnow
+from portal_service.migrations import schema_state
+from portal_service.mirror.tables import StripeEvent
+from portal_service.ops.logging import get_logger
+from portal_service.ops.metrics import (
+    WEBHOOK_FAILED_EVENTS,
+    WEBHOOK_OLDEST_PENDING_SECONDS,
+    render_metrics,
+)
+
+router = APIRouter(tags=["ops"])
+log = get_logger("portal_service.ops")
+READY_TIMEOUT_SECONDS = 3.0
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    database: Literal["ok", "unreachable"]
+    schema_: Literal["current", "ahead", "behind", "empty", "unknown"] = Field(alias="schema")
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+@router.get("/healthz", summary="The process is alive")
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get(
+    "/readyz",
+    summary="Ready for traffic: database reachable and not behind the code's migrations",
+    responses={503: {"model": Readiness, "description": "Database unreachable or behind"}},
+    response_model=Readiness,
+    response_model_by_alias=True,
+)
+async def readyz(request: Request) -> JSONResponse:
+    try:
+        state = await asyncio.wait_for(
+            schema_state(request.app.state.engine), READY_TIMEOUT_SECONDS
+        )
+        database = "ok"
+    except (TimeoutError, SQLAlchemyError, OSError) as exc:
+        log.warning("readiness_database_error", error=type(exc).__name__)
+        state, database = "unknown", "unreachable"
+    ready = database == "ok" and state in ("current", "ahead")
+    body = {
+        "status": "ready" if ready else "not_ready",
+        "database": database,
+        "schema": state,
+    }
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+async def _refresh_event_gauges(request: Request) -> None:
+    # Alerting gauges come from the database, so every replica and worker agrees.
+    async with request.app.state.sessionmaker() as session:
+        failed = await session.scalar(
+            select(func.count()).select_from(StripeEvent).where(col(StripeEvent.status) == "failed")
+        )
+        oldest = await session.scalar(
+            select(func.min(StripeEvent.received_at)).where(
+                col(StripeEvent.status).in_(("failed", "pending"))
+            )
+        )
+    WEBHOOK_FAILED_EVENTS.set(failed or 0)
+    WEBHOOK_OLDEST_PENDING_SECONDS.set(
+        max(0.0, (utcnow() - oldest).total_seconds()) if oldest is not None else 0.0
+    )
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+)
+async def metrics(request: Request) -> Response:
+    try:
+        await _refresh_event_gauges(request)
+    except (SQLAlchemyError, OSError) as exc:
+        log.warning("metrics_database_error", error=type(exc).__name__)
+    body, content_type = render_metrics()
+    return Response(body, media_type=content_type)

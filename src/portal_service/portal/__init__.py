@@ -1,0 +1,1 @@
+"""POST /portal-sessions: customers, return URLs, locales, flows, configurations."""
