@@ -9,16 +9,13 @@ throwaway database, migrated with Alembic and dropped afterwards. Never skipped 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import secrets
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-import jwt
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -30,15 +27,10 @@ from portal_service.config import Settings
 from portal_service.db import create_engine, create_sessionmaker
 from portal_service.gateway import Gateway
 from portal_service.main import create_app
-from portal_service.mirror.signatures import sign
+from support import ADMIN_KEY, BACKEND_KEY, JWT_SECRET, WEBHOOK_SECRET
 
 BACKEND = os.environ.get("PORTAL_TEST_BACKEND", "postgresql")
 DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-
-WEBHOOK_SECRET = "whsec_test_secret_one"
-JWT_SECRET = "test-jwt-secret-that-is-long-enough-for-hs256"
-BACKEND_KEY = "backend-key-0123456789"
-ADMIN_KEY = "admin-key-0123456789"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -185,64 +177,3 @@ async def client(
     """A client on an offline-mode app (no Stripe key) with the test database."""
     async with running_client(settings_factory()) as client:
         yield client
-
-
-def make_token(sub: str = "user_1", *, secret: str = JWT_SECRET, **claims: Any) -> str:
-    payload: dict[str, Any] = {"sub": sub, "exp": int(time.time()) + 600, **claims}
-    return jwt.encode(payload, secret, algorithm="HS256")
-
-
-def user_headers(sub: str = "user_1", **claims: Any) -> dict[str, str]:
-    return {"Authorization": f"Bearer {make_token(sub, **claims)}"}
-
-
-def backend_headers() -> dict[str, str]:
-    return {"X-API-Key": BACKEND_KEY}
-
-
-def admin_headers() -> dict[str, str]:
-    return {"X-API-Key": ADMIN_KEY}
-
-
-def make_event(
-    event_type: str,
-    obj: dict[str, Any],
-    *,
-    event_id: str | None = None,
-    created: int | None = None,
-    livemode: bool = False,
-    account: str | None = None,
-    api_version: str = "2026-10-28.endive",
-) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "id": event_id or "evt_" + secrets.token_hex(12),
-        "object": "event",
-        "type": event_type,
-        "created": created if created is not None else int(time.time()),
-        "livemode": livemode,
-        "api_version": api_version,
-        "pending_webhooks": 1,
-        "request": {"id": None, "idempotency_key": None},
-        "data": {"object": obj},
-    }
-    if account is not None:
-        event["account"] = account
-    return event
-
-
-def signed_headers(
-    body: bytes, *, secret: str = WEBHOOK_SECRET, timestamp: int | None = None
-) -> dict[str, str]:
-    ts = int(time.time()) if timestamp is None else timestamp
-    return {
-        "Stripe-Signature": sign(body, secret, timestamp=ts),
-        "Content-Type": "application/json",
-    }
-
-
-async def deliver(
-    client: httpx.AsyncClient, event: dict[str, Any], *, secret: str = WEBHOOK_SECRET
-) -> httpx.Response:
-    """POST an event to /webhooks the way Stripe does: raw JSON body, real HMAC signature."""
-    body = json.dumps(event).encode()
-    return await client.post("/webhooks", content=body, headers=signed_headers(body, secret=secret))
