@@ -39,8 +39,10 @@ fmt: install
 	$(BIN)/ruff check --fix src tests alembic bench
 	$(BIN)/ruff format src tests alembic bench
 
+## Regenerate the committed openapi.json, from an empty environment so the shell's settings
+## (a STRIPE_API_KEY, say) cannot change it; tests/foundation/test_openapi.py compares the same way.
 openapi: install
-	$(BIN)/portal-service openapi --output openapi.json
+	env -i PATH="$$PATH" HOME="$$HOME" $(BIN)/portal-service openapi --output openapi.json
 
 ## make migration m="add something"  (autogenerates against a scratch SQLite database)
 migration: install

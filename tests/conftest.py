@@ -121,7 +121,8 @@ async def db(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def make_settings(database_url: str, **overrides: Any) -> Settings:
+def make_settings(database_url: str, /, **overrides: Any) -> Settings:
+    # Positional-only, so `database_url=` in overrides points an app at another database.
     values: dict[str, Any] = {
         "environment": "test",
         "database_url": database_url,
@@ -177,3 +178,21 @@ async def client(
     """A client on an offline-mode app (no Stripe key) with the test database."""
     async with running_client(settings_factory()) as client:
         yield client
+
+
+@pytest.fixture
+async def scratch_database_url(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[str]:
+    """An empty, unmigrated database of this run's backend, dropped afterwards: for tests
+    that move the schema up and down or stamp odd revisions without touching `database_url`."""
+    if not database_url.startswith("postgresql"):
+        yield f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('scratch') / 'scratch.db'}"
+        return
+    base_url = os.environ.get("TEST_DATABASE_URL") or DEFAULT_PG_URL
+    name = f"portal_scratch_{os.getpid()}_{secrets.token_hex(3)}"
+    url = await _create_pg_database(base_url, name)
+    try:
+        yield url
+    finally:
+        await _drop_pg_database(base_url, name)

@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from portal_service.portal.configs import PortalConfigError, load_portal_config
 from portal_service.portal.return_urls import ReturnUrlAllowlist
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour)\s*$")
@@ -105,11 +106,19 @@ class Settings(BaseSettings):
         "stripe_api_base",
         "database_read_url",
         "portal_config_file",
+        "auth_jwt_audience",
+        "auth_jwt_issuer",
         mode="before",
     )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("stripe_api_version", mode="before")
+    @classmethod
+    def _empty_is_sdk_version(cls, value: object) -> object:
+        # An empty variable (compose's `${STRIPE_API_VERSION:-}`) means unset, never "".
+        return stripe.api_version if isinstance(value, str) and not value.strip() else value
 
     @property
     def offline(self) -> bool:
@@ -146,10 +155,20 @@ class Settings(BaseSettings):
             raise ConfigError("AUTH_JWKS_URL needs AUTH_JWT_AUDIENCE and AUTH_JWT_ISSUER")
         if workers > 1 and self.is_sqlite:
             raise ConfigError("SQLite is single-process: --workers above 1 needs PostgreSQL")
-        if self.portal_default_return_url is not None and not self.return_url_allowlist.allows(
+        try:
+            # Parsed here, not only on a portal request: a bad entry must stop the start.
+            allowlist = self.return_url_allowlist
+        except ValueError as exc:
+            raise ConfigError(f"PORTAL_RETURN_URL_ALLOWLIST: {exc}") from None
+        if self.portal_default_return_url is not None and not allowlist.allows(
             self.portal_default_return_url
         ):
             raise ConfigError("PORTAL_DEFAULT_RETURN_URL is not in PORTAL_RETURN_URL_ALLOWLIST")
+        if self.portal_config_file is not None:
+            try:
+                load_portal_config(self.portal_config_file)
+            except PortalConfigError as exc:
+                raise ConfigError(str(exc)) from None
         if self.environment != "production":
             return
         if self.is_sqlite:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from http import HTTPStatus
 from typing import Any, ClassVar
 
@@ -206,23 +207,54 @@ class InvalidPayload(DomainError):
     default_detail = "The body is not a Stripe event."
 
 
+PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+
+
 def problem_responses(*errors: type[DomainError]) -> dict[int | str, dict[str, Any]]:
-    """`responses=` for a route: documents each error status with the problem schema."""
+    """`responses=` for a route: documents each error status as problem+json with its codes."""
     out: dict[int | str, dict[str, Any]] = {}
     for error in errors:
         entry = out.setdefault(
             error.status,
-            {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": ""},
+            {"content": {PROBLEM_JSON: {"schema": PROBLEM_REF}}, "description": ""},
         )
         codes = entry["description"].split(", ") if entry["description"] else []
-        codes.append(f"`{error.code}`")
+        if f"`{error.code}`" not in codes:
+            codes.append(f"`{error.code}`")
         entry["description"] = ", ".join(codes)
     return out
+
+
+def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
+    """Make the OpenAPI document say what the API does: every error is problem+json.
+
+    FastAPI documents request validation errors as its own `HTTPValidationError` JSON;
+    ours render as problem+json with code `invalid_request`, so rewrite those responses.
+    """
+    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            validation = responses.get("422")
+            if validation and PROBLEM_JSON not in validation.get("content", {}):
+                responses["422"] = {
+                    "description": "`invalid_request`",
+                    "content": {PROBLEM_JSON: {"schema": PROBLEM_REF}},
+                }
+    if "HTTPValidationError" not in json.dumps(schema.get("paths", {})):
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+    return schema
 
 
 def _validation_detail(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
+        if err.get("type") == "json_invalid":
+            # Its loc is ("body", <character offset>): say what is wrong instead.
+            parts.append("body: not valid JSON")
+            continue
         location = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
         parts.append(f"{location}: {err.get('msg', 'invalid')}" if location else err.get("msg", ""))
     return "; ".join(parts) or "The request is not valid."

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
 
 from portal_service import __version__
@@ -14,13 +14,13 @@ from portal_service.access.routes import router as access_router
 from portal_service.auth import JwksCache
 from portal_service.config import Settings, get_settings
 from portal_service.db import create_engine, create_sessionmaker
-from portal_service.errors import install_error_handlers
+from portal_service.errors import document_problems, install_error_handlers
 from portal_service.gateway import Gateway
 from portal_service.gateway.offline import OfflineGateway
 from portal_service.gateway.stripe import StripeGateway
 from portal_service.mirror.routes import router as mirror_router
 from portal_service.ops.logging import configure_logging
-from portal_service.ops.middleware import RequestContextMiddleware
+from portal_service.ops.middleware import ProblemCORSMiddleware, RequestContextMiddleware
 from portal_service.ops.routes import router as ops_router
 from portal_service.portal.routes import router as portal_router
 
@@ -34,6 +34,11 @@ class PortalApp(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
         # Outside Starlette's ServerErrorMiddleware, so a 500 still gets a request id.
         return RequestContextMiddleware(super().build_middleware_stack())
+
+    def openapi(self) -> dict[str, Any]:
+        if not self.openapi_schema:
+            self.openapi_schema = document_problems(super().openapi())
+        return self.openapi_schema
 
 
 def build_gateway(settings: Settings) -> Gateway:
@@ -76,7 +81,7 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
     install_error_handlers(app)
     if settings.cors_allow_origins:
         app.add_middleware(
-            CORSMiddleware,
+            ProblemCORSMiddleware,
             allow_origins=settings.cors_allow_origins,
             allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=[

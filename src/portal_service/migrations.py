@@ -46,6 +46,10 @@ async def upgrade_async(database_url: str, revision: str = "head") -> None:
     await asyncio.to_thread(upgrade, database_url, revision)
 
 
+async def downgrade_async(database_url: str, revision: str = "base") -> None:
+    await asyncio.to_thread(downgrade, database_url, revision)
+
+
 async def schema_state(engine: AsyncEngine) -> str:
     """`current`, `behind`, `ahead` (a newer deploy migrated it: still ready) or `empty`."""
     async with engine.connect() as connection:

@@ -19,6 +19,8 @@ _SECRET_PATTERNS = (
     re.compile(r"https?://[^\s\"']*/(?:p/session|session|offline/portal)/[^\s\"']+"),
     re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"),
 )
+# The password of a URL's userinfo (DATABASE_URL in a connection error, say); user and host stay.
+_URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@")
 _SENSITIVE_KEYS = frozenset(
     {
         "url",
@@ -38,7 +40,7 @@ def scrub(value: Any) -> Any:
     if isinstance(value, str):
         for pattern in _SECRET_PATTERNS:
             value = pattern.sub(REDACTED, value)
-        return value
+        return _URL_PASSWORD.sub(rf"\g<1>{REDACTED}@", value)
     if isinstance(value, dict):
         return {
             k: REDACTED if str(k).lower() in _SENSITIVE_KEYS else scrub(v) for k, v in value.items()

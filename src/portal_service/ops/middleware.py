@@ -12,9 +12,13 @@ import uuid
 from typing import Any
 
 import structlog
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from portal_service.errors import internal_error_response
+from portal_service.errors import internal_error_response, problem_response
 from portal_service.ops.logging import get_logger
 from portal_service.ops.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS
 
@@ -34,7 +38,22 @@ def _request_id(scope: Scope) -> str:
 def _route_template(scope: Scope) -> str:
     route: Any = scope.get("route")
     path = getattr(route, "path", None)
-    return path if isinstance(path, str) else "unmatched"
+    if isinstance(path, str):
+        return path
+    # FastAPI's routes record themselves in the scope; Starlette's plain ones (/docs,
+    # /openapi.json) do not, and neither does a route hit with the wrong method (405).
+    # Find the template again rather than label them like a 404: one series per route.
+    partial: str | None = None
+    for candidate in getattr(getattr(scope.get("app"), "router", None), "routes", ()):
+        template = getattr(candidate, "path", None)
+        if not isinstance(template, str):
+            continue
+        match, _ = candidate.matches(scope)
+        if match is Match.FULL:
+            return template
+        if match is Match.PARTIAL and partial is None:
+            partial = template
+    return partial or "unmatched"
 
 
 class RequestContextMiddleware:
@@ -84,3 +103,19 @@ class RequestContextMiddleware:
                 duration_ms=round(elapsed * 1000, 2),
             )
             structlog.contextvars.unbind_contextvars("request_id")
+
+
+class ProblemCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight answered as problem+json like every other error."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        # Starlette says which check failed in a plain-text body ("Disallowed CORS origin").
+        detail = bytes(response.body).decode("utf-8", "replace")
+        problem = problem_response(400, "cors_preflight_rejected", detail)
+        for name, value in response.headers.items():
+            if name.lower() not in ("content-length", "content-type"):
+                problem.headers[name] = value
+        return problem
