@@ -1,7 +1,121 @@
-"""HTTP routes of the mirror package."""
+"""HTTP routes of the mirror package: POST /webhooks and the /admin/events routes."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+
+from portal_service.auth import AdminCaller
+from portal_service.config import AppSettings
+from portal_service.db import DbSession
+from portal_service.errors import (
+    EventNotFound,
+    Forbidden,
+    InvalidPayload,
+    InvalidRequest,
+    InvalidSignature,
+    Unauthenticated,
+    WebhooksNotConfigured,
+    problem_responses,
+)
+from portal_service.gateway import GatewayDep
+from portal_service.mirror.admin import list_events
+from portal_service.mirror.intake import (
+    ApplyFailed,
+    EventInProgress,
+    EventProcessor,
+    parse_event,
+    read_body,
+    verify,
+)
+from portal_service.mirror.schemas import EventPage, EventStatus, ReplayResult, WebhookAck
+from portal_service.pagination import PageParams
 
 router = APIRouter()
+
+
+def _processor(request: Request, settings: AppSettings, gateway: GatewayDep) -> EventProcessor:
+    # Intake runs its own transactions (one per event, two around a Stripe re-fetch), so
+    # it takes the sessionmaker rather than the request's session.
+    return EventProcessor.for_settings(request.app.state.sessionmaker, gateway, settings)
+
+
+Processor = Annotated[EventProcessor, Depends(_processor)]
+
+_RAW_JSON_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "A Stripe event exactly as Stripe sent it (the signature covers these bytes).",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+}
+
+
+@router.post(
+    "/webhooks",
+    tags=["webhooks"],
+    summary="Receive a Stripe event: verify, record, apply",
+    description=(
+        "Verified against every secret of STRIPE_WEBHOOK_SECRETS (`v1` only, timestamp "
+        "within STRIPE_WEBHOOK_TOLERANCE either way), recorded, then applied to the mirror. "
+        "A 500 means the event is recorded but not applied yet: Stripe's retry applies it."
+    ),
+    responses=problem_responses(
+        InvalidSignature,
+        InvalidPayload,
+        InvalidRequest,
+        ApplyFailed,
+        EventInProgress,
+        WebhooksNotConfigured,
+    ),
+    openapi_extra=_RAW_JSON_BODY,
+)
+async def receive_webhook(
+    request: Request,
+    settings: AppSettings,
+    processor: Processor,
+    stripe_signature: Annotated[
+        str | None, Header(description="Stripe's signature header.")
+    ] = None,
+) -> WebhookAck:
+    if not settings.stripe_webhook_secrets:
+        raise WebhooksNotConfigured()
+    body = await read_body(request, limit=settings.webhook_max_body_bytes)
+    verify(body, stripe_signature, settings)
+    status = await processor.receive(parse_event(body))
+    return WebhookAck(status=status)
+
+
+@router.get(
+    "/admin/events",
+    tags=["admin"],
+    summary="Recorded Stripe events, newest first",
+    responses=problem_responses(Unauthenticated, Forbidden, InvalidRequest),
+)
+async def admin_list_events(
+    _caller: AdminCaller,
+    session: DbSession,
+    page: PageParams,
+    status: Annotated[EventStatus | None, Query(description="Only events in this status.")] = None,
+    event_type: Annotated[
+        str | None, Query(alias="type", description="Only events of this type.", max_length=255)
+    ] = None,
+) -> EventPage:
+    return await list_events(session, status=status, event_type=event_type, page=page)
+
+
+@router.post(
+    "/admin/events/{event_id}/replay",
+    tags=["admin"],
+    summary="Re-apply one recorded event",
+    description="Applies the recorded event again through the webhook path (ordering rules hold).",
+    responses=problem_responses(
+        Unauthenticated, Forbidden, EventNotFound, InvalidRequest, ApplyFailed
+    ),
+)
+async def admin_replay_event(
+    _caller: AdminCaller, processor: Processor, event_id: str
+) -> ReplayResult:
+    status, result = await processor.replay(event_id)
+    return ReplayResult(id=event_id, status=status, result=result)

@@ -1,0 +1,607 @@
+"""Stripe objects into mirror rows, behind the ordering watermark (DESIGN.md section 4 items 4-5).
+
+Every write goes through `apply_object` with the object's lock held (mirror.locks): read the
+row's watermark `(source_ts, source_event_id)`, decide, then upsert the row and replace its
+children. Webhook events and fetches (sync, re-fetched ties, the portal's "fetch once and
+apply") share this path, so the ordering rules hold whoever writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal, cast, get_args
+
+from pydantic import BaseModel
+from sqlalchemy import Table, delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from portal_service.db import utcnow
+from portal_service.mirror import stripe_models as sm
+from portal_service.mirror import tables
+from portal_service.mirror.locks import lock_object
+from portal_service.mirror.stripe_models import redact_session_urls
+
+MirrorKind = Literal[
+    "customer",
+    "subscription",
+    "payment_method",
+    "invoice",
+    "tax_id",
+    "billing_portal.configuration",
+    "billing_portal.session",
+    "entitlements.active_entitlement_summary",
+]
+MIRROR_KINDS: frozenset[str] = frozenset(get_args(MirrorKind))
+ENTITLEMENT_SUMMARY: MirrorKind = "entitlements.active_entitlement_summary"
+
+# upsert: the object as sent; delete: a *.deleted event (a tombstone); detach: a
+# payment_method.detached event (the method stays, its customer link goes).
+Action = Literal["upsert", "delete", "detach"]
+
+TERMINAL_SUBSCRIPTION_STATUSES = frozenset({"canceled", "incomplete_expired"})
+# Invoice states only move forward: draft -> open -> (uncollectible ->) paid | void.
+# An uncollectible invoice can still be paid or voided, so it ranks below both.
+_INVOICE_RANK = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3}
+_STUB_KEYS = frozenset({"id", "object", "deleted"})
+
+
+class Outcome(StrEnum):
+    APPLIED = "applied"  # written; the watermark moved
+    NOOP = "noop"  # already there: the same event again, or an identical object
+    STALE = "stale"  # older than the row, or a non-final state after a final one
+    REFETCH = "refetch"  # a same-second tie only Stripe can settle: nothing written
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a state comes from: an event (`created`, its id) or a fetch (Stripe's Date, no id)."""
+
+    ts: datetime
+    event_id: str | None
+    livemode: bool
+    account: str = ""
+    # Offline mode has no Stripe to ask: a tie that the payloads cannot settle applies
+    # the event (a tombstone still wins, DESIGN.md section 4 item 4).
+    settle_ties_locally: bool = False
+
+    @property
+    def fetched(self) -> bool:
+        return self.event_id is None
+
+
+def floor_second(moment: datetime) -> datetime:
+    """Stripe's clocks have one-second resolution: a fetch stamped finer would beat an
+    event of the same second instead of tying with it."""
+    return moment.replace(microsecond=0)
+
+
+def _table(model: type[tables.MirrorColumns]) -> Table:
+    return cast(Table, model.__table__)  # type: ignore[attr-defined]  # set by SQLModel(table=True)
+
+
+def _id_of(value: Any) -> str | None:
+    if isinstance(value, Mapping):
+        value = value.get("id")
+    return value if isinstance(value, str) and value else None
+
+
+def object_id_of(kind: MirrorKind, obj: Mapping[str, Any]) -> str:
+    """The mirror id of an object: its Stripe id, or the customer for an entitlement summary."""
+    object_id = _id_of(obj.get("customer") if kind == ENTITLEMENT_SUMMARY else obj.get("id"))
+    if object_id is None:
+        raise ValueError(f"{kind} object has no id")
+    return object_id
+
+
+@dataclass(frozen=True, slots=True)
+class _Incoming:
+    model: Any
+    action: Action
+    raw: dict[str, Any]
+    status: str | None
+    deleted: bool
+    # A deleted customer as Stripe returns it, `{"id", "object", "deleted": true}`: it
+    # carries nothing to project, so only the tombstone columns are written.
+    stub: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Projection:
+    model: type[tables.MirrorColumns]
+    parse: Callable[[dict[str, Any]], BaseModel]
+    columns: Callable[[Any, Action], dict[str, Any]]
+    status: Callable[[Any], str | None] = lambda _m: None
+    # Whether Stripe can be asked to settle a tie (sessions cannot be retrieved).
+    refetchable: bool = True
+    # Columns written on insert only: other writers own them afterwards.
+    insert_only: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def table(self) -> Table:
+        return _table(self.model)
+
+
+def _customer_columns(c: sm.Customer, _action: Action) -> dict[str, Any]:
+    # Never app_user_id: only auto-creation, PUT /users/{id}/customer and sync set it.
+    return {
+        "email": c.email,
+        "name": c.name,
+        "default_payment_method": c.default_payment_method,
+        "address": c.address,
+        "tax_exempt": c.tax_exempt,
+        "preferred_locales": list(c.preferred_locales),
+    }
+
+
+def _subscription_columns(s: sm.Subscription, _action: Action) -> dict[str, Any]:
+    pause = s.pause_collection
+    return {
+        "customer_id": s.customer,
+        "status": s.status,
+        "cancel_at_period_end": s.cancel_at_period_end,
+        "cancel_at": s.cancel_at,
+        "canceled_at": s.canceled_at,
+        "ended_at": s.ended_at,
+        # Its own period in payloads before 2025-03-31.basil, the earliest item's after.
+        "current_period_start": s.period_start,
+        "current_period_end": s.period_end,
+        "trial_start": s.trial_start,
+        "trial_end": s.trial_end,
+        "pause_collection_behavior": pause.behavior if pause is not None else None,
+        "pause_resumes_at": pause.resumes_at if pause is not None else None,
+        "collection_method": s.collection_method,
+        "schedule_id": s.schedule,
+        "default_payment_method": s.default_payment_method,
+        "latest_invoice_id": s.latest_invoice,
+    }
+
+
+def _payment_method_columns(p: sm.PaymentMethod, action: Action) -> dict[str, Any]:
+    card = p.card
+    return {
+        # A detach event may still name the customer in older payloads: the event decides.
+        "customer_id": None if action == "detach" else p.customer,
+        "type": p.type,
+        "card_brand": card.brand if card is not None else None,
+        "card_last4": card.last4 if card is not None else None,
+        "card_exp_month": card.exp_month if card is not None else None,
+        "card_exp_year": card.exp_year if card is not None else None,
+    }
+
+
+def _invoice_columns(i: sm.Invoice, _action: Action) -> dict[str, Any]:
+    return {
+        "customer_id": i.customer,
+        "subscription_id": i.subscription_id,
+        "status": i.status,
+        "currency": i.currency,
+        "amount_due": i.amount_due,
+        "amount_paid": i.amount_paid,
+        "hosted_invoice_url": i.hosted_invoice_url,
+        "paid_at": i.paid_at,
+    }
+
+
+def _tax_id_columns(t: sm.TaxId, _action: Action) -> dict[str, Any]:
+    return {
+        "customer_id": t.customer,
+        "type": t.type,
+        "value": t.value,
+        "verification_status": t.verification_status,
+    }
+
+
+def _configuration_columns(c: sm.PortalConfiguration, _action: Action) -> dict[str, Any]:
+    return {
+        "is_default": c.is_default,
+        "active": c.active,
+        "name": c.name,
+        "default_return_url": c.default_return_url,
+        "features": c.features,
+        "business_profile": c.business_profile,
+        "metadata": c.metadata,
+    }
+
+
+def _session_columns(s: sm.PortalSession, _action: Action) -> dict[str, Any]:
+    # Never the url (the model has none), nor app_user_id / caller / idempotency columns,
+    # which POST /portal-sessions writes and the event does not know.
+    columns: dict[str, Any] = {
+        "customer_id": s.customer,
+        "configuration_id": s.configuration,
+        "locale": s.locale,
+        "flow_type": s.flow_type,
+        "return_url": s.return_url,
+    }
+    if s.created is not None:
+        columns["created"] = s.created
+    return columns
+
+
+def _summary_columns(_s: sm.ActiveEntitlementSummary, _action: Action) -> dict[str, Any]:
+    return {}
+
+
+PROJECTIONS: dict[MirrorKind, _Projection] = {
+    "customer": _Projection(tables.Customer, sm.Customer.model_validate, _customer_columns),
+    "subscription": _Projection(
+        tables.Subscription,
+        sm.Subscription.model_validate,
+        _subscription_columns,
+        status=lambda s: s.status,
+    ),
+    "payment_method": _Projection(
+        tables.PaymentMethod, sm.PaymentMethod.model_validate, _payment_method_columns
+    ),
+    "invoice": _Projection(
+        tables.Invoice, sm.Invoice.model_validate, _invoice_columns, status=lambda i: i.status
+    ),
+    "tax_id": _Projection(tables.TaxId, sm.TaxId.model_validate, _tax_id_columns),
+    "billing_portal.configuration": _Projection(
+        tables.PortalConfiguration,
+        sm.PortalConfiguration.model_validate,
+        _configuration_columns,
+    ),
+    "billing_portal.session": _Projection(
+        tables.PortalSession,
+        sm.PortalSession.model_validate,
+        _session_columns,
+        refetchable=False,
+        insert_only=frozenset({"created"}),
+    ),
+    ENTITLEMENT_SUMMARY: _Projection(
+        tables.EntitlementSummary,
+        sm.ActiveEntitlementSummary.model_validate,
+        _summary_columns,
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _RowState:
+    source_ts: datetime | None
+    source_event_id: str | None
+    deleted: bool
+    raw: Any
+    status: str | None
+
+
+def _is_final(kind: MirrorKind, status: str | None, deleted: bool) -> bool:
+    if deleted:
+        return True
+    return kind == "subscription" and status in TERMINAL_SUBSCRIPTION_STATUSES
+
+
+def _rank(kind: MirrorKind, status: str | None, deleted: bool) -> int | None:
+    """Position on a path that only moves forward; None when the state says nothing."""
+    if kind == "invoice":
+        return 4 if deleted else _INVOICE_RANK.get(status or "")
+    return 1 if _is_final(kind, status, deleted) else 0
+
+
+def _decide(
+    kind: MirrorKind, row: _RowState | None, incoming: _Incoming, source: Source
+) -> Outcome:
+    if row is None:
+        return Outcome.APPLIED
+    row_final = _is_final(kind, row.status, row.deleted)
+    # Deletion is terminal: whatever its timestamp, a live state never replaces it.
+    if row_final and not _is_final(kind, incoming.status, incoming.deleted):
+        return Outcome.STALE
+    if row.source_ts is None or source.ts > row.source_ts:
+        return Outcome.APPLIED
+    if source.ts < row.source_ts:
+        return Outcome.STALE
+    if source.event_id is not None and source.event_id == row.source_event_id:
+        return Outcome.NOOP
+    # A tie: two states from the same second. Settle it from the payloads when they allow.
+    if incoming.raw == row.raw:
+        return Outcome.NOOP
+    rank_in = _rank(kind, incoming.status, incoming.deleted)
+    rank_row = _rank(kind, row.status, row.deleted)
+    if rank_in is not None and rank_row is not None and rank_in != rank_row:
+        return Outcome.APPLIED if rank_in > rank_row else Outcome.STALE
+    # Nothing better to ask: a fetch is already Stripe's latest answer, offline mode has no
+    # Stripe, and portal sessions cannot be retrieved. The later arrival wins.
+    if source.fetched or source.settle_ties_locally or not PROJECTIONS[kind].refetchable:
+        return Outcome.APPLIED
+    return Outcome.REFETCH
+
+
+def _incoming(kind: MirrorKind, obj: dict[str, Any], action: Action) -> _Incoming:
+    projection = PROJECTIONS[kind]
+    model = projection.parse(obj)
+    deleted = action == "delete" or bool(getattr(model, "deleted", False))
+    return _Incoming(
+        model=model,
+        action="delete" if deleted else action,
+        raw=redact_session_urls(obj),
+        status=projection.status(model),
+        deleted=deleted,
+        stub=deleted and set(obj) <= _STUB_KEYS,
+    )
+
+
+async def _current_row(session: AsyncSession, kind: MirrorKind, object_id: str) -> _RowState | None:
+    table = PROJECTIONS[kind].table
+    status = table.c.status if "status" in table.c else None
+    columns = [table.c.source_ts, table.c.source_event_id, table.c.deleted, table.c.raw]
+    query = select(*columns, *([status.label("status")] if status is not None else []))
+    row = (await session.execute(query.where(table.c.id == object_id))).one_or_none()
+    if row is None:
+        return None
+    return _RowState(
+        source_ts=row.source_ts,
+        source_event_id=row.source_event_id,
+        deleted=row.deleted,
+        raw=row.raw,
+        status=row.status if status is not None else None,
+    )
+
+
+async def _upsert(
+    session: AsyncSession,
+    table: Table,
+    values: dict[str, Any],
+    *,
+    insert_only: frozenset[str] = frozenset(),
+) -> None:
+    # INSERT .. ON CONFLICT DO UPDATE rather than read-then-write: writers that do not
+    # take the object lock (POST /portal-sessions recording its session) cannot make
+    # this fail with a duplicate key.
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    statement = insert(table).values(values)
+    updates = {
+        name: statement.excluded[name]
+        for name in values
+        if name != "id" and name not in insert_only
+    }
+    await session.execute(statement.on_conflict_do_update(index_elements=["id"], set_=updates))
+
+
+def _common(
+    object_id: str, source: Source, *, deleted: bool, raw: dict[str, Any] | None
+) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "id": object_id,
+        "livemode": source.livemode,
+        "account": source.account,
+        "source_ts": source.ts,
+        "source_event_id": source.event_id,
+        "deleted": deleted,
+        "updated_at": utcnow(),
+    }
+    if raw is not None:
+        values["raw"] = raw
+    return values
+
+
+async def _write(
+    session: AsyncSession,
+    kind: MirrorKind,
+    object_id: str,
+    incoming: _Incoming,
+    source: Source,
+    *,
+    row: _RowState | None,
+) -> None:
+    projection = PROJECTIONS[kind]
+    # The tombstone flag is sticky: nothing brings a deleted object back.
+    deleted = incoming.deleted or (row is not None and row.deleted)
+    if incoming.stub:
+        values = _common(object_id, source, deleted=True, raw=None)
+    else:
+        values = _common(object_id, source, deleted=deleted, raw=incoming.raw)
+        values.update(projection.columns(incoming.model, incoming.action))
+        created = getattr(incoming.model, "created", None)
+        if created is not None:
+            values["stripe_created"] = created
+    if kind == "customer" and deleted:
+        # customer.deleted unlinks the app user (they get a new customer next time).
+        values["app_user_id"] = None
+    await _upsert(session, projection.table, values, insert_only=projection.insert_only)
+    if incoming.stub:
+        return
+    if kind == "subscription":
+        await _replace_items(session, incoming.model, incoming.raw, source)
+    elif kind == ENTITLEMENT_SUMMARY:
+        await _replace_entitlements(session, incoming.model, incoming.raw, source)
+
+
+def _children_raw(raw: dict[str, Any], key: str) -> dict[str, dict[str, Any]]:
+    container = raw.get(key)
+    data = container.get("data") if isinstance(container, dict) else None
+    out: dict[str, dict[str, Any]] = {}
+    for child in data if isinstance(data, list) else []:
+        if isinstance(child, dict) and isinstance(child.get("id"), str):
+            out[child["id"]] = child
+    return out
+
+
+async def _replace_items(
+    session: AsyncSession, subscription: sm.Subscription, raw: dict[str, Any], source: Source
+) -> None:
+    table = _table(tables.SubscriptionItem)
+    items_raw = _children_raw(raw, "items")
+    for item in subscription.items.data:
+        price = item.price
+        recurring = price.recurring if price is not None else None
+        values = _common(item.id, source, deleted=False, raw=items_raw.get(item.id))
+        values.update(
+            subscription_id=subscription.id,
+            price_id=price.id if price is not None else None,
+            product_id=price.product if price is not None else None,
+            quantity=item.quantity,
+            usage_type=recurring.usage_type if recurring is not None else None,
+            tax_behavior=price.tax_behavior if price is not None else None,
+            interval=recurring.interval if recurring is not None else None,
+            # Older payloads keep the period on the subscription only.
+            current_period_start=item.current_period_start or subscription.current_period_start,
+            current_period_end=item.current_period_end or subscription.current_period_end,
+        )
+        if item.created is not None:
+            values["stripe_created"] = item.created
+        await _upsert(session, table, values)
+    # The payload's item list is the whole set unless Stripe truncated it (has_more):
+    # then removing what is missing would drop items that still exist.
+    if not subscription.items.has_more:
+        keep = [item.id for item in subscription.items.data]
+        await session.execute(
+            delete(table).where(table.c.subscription_id == subscription.id, table.c.id.not_in(keep))
+        )
+
+
+async def _replace_entitlements(
+    session: AsyncSession,
+    summary: sm.ActiveEntitlementSummary,
+    raw: dict[str, Any],
+    source: Source,
+) -> None:
+    table = _table(tables.Entitlement)
+    entitlements_raw = _children_raw(raw, "entitlements")
+    for entitlement in summary.entitlements.data:
+        values = _common(
+            entitlement.id, source, deleted=False, raw=entitlements_raw.get(entitlement.id)
+        )
+        values.update(
+            customer_id=summary.customer,
+            feature_id=entitlement.feature,
+            lookup_key=entitlement.lookup_key,
+        )
+        await _upsert(session, table, values)
+    if not summary.entitlements.has_more:
+        keep = [entitlement.id for entitlement in summary.entitlements.data]
+        await session.execute(
+            delete(table).where(
+                table.c.customer_id == summary.customer,
+                table.c.account == source.account,
+                table.c.id.not_in(keep),
+            )
+        )
+
+
+async def apply_object(
+    session: AsyncSession,
+    kind: MirrorKind,
+    obj: dict[str, Any],
+    *,
+    source: Source,
+    action: Action = "upsert",
+) -> Outcome:
+    """Apply one Stripe object if the watermark allows. The caller holds the object's lock
+    (`lock_object(session, account=..., kind=kind, object_id=object_id_of(kind, obj))`) and
+    owns the transaction. REFETCH writes nothing: ask Stripe, then `apply_fetched`."""
+    object_id = object_id_of(kind, obj)
+    incoming = _incoming(kind, obj, action)
+    row = await _current_row(session, kind, object_id)
+    outcome = _decide(kind, row, incoming, source)
+    if outcome is Outcome.APPLIED:
+        await _write(session, kind, object_id, incoming, source, row=row)
+    return outcome
+
+
+async def apply_fetched(
+    session: AsyncSession,
+    kind: MirrorKind,
+    obj: dict[str, Any],
+    fetched_at: datetime,
+    *,
+    account: str = "",
+) -> Outcome:
+    """Apply an object read from Stripe (a re-fetch, sync, or the portal's fetch-once),
+    stamped with Stripe's `Date` of that read floored to the second, so an older event
+    arriving later cannot roll it back and one from the same second ties with it.
+
+    Takes the object's lock itself and writes in the caller's transaction (no commit).
+    Call it after the Stripe request has returned, never around it. Returns APPLIED,
+    NOOP or STALE (the mirror already holds a newer or final state).
+    """
+    object_id = object_id_of(kind, obj)
+    await lock_object(session, account=account, kind=kind, object_id=object_id)
+    livemode = obj.get("livemode")
+    source = Source(
+        ts=floor_second(fetched_at),
+        event_id=None,
+        livemode=livemode if isinstance(livemode, bool) else False,
+        account=account,
+    )
+    return await apply_object(session, kind, obj, source=source)
+
+
+async def apply_missing(
+    session: AsyncSession,
+    kind: MirrorKind,
+    object_id: str,
+    fetched_at: datetime,
+    *,
+    account: str = "",
+    livemode: bool = False,
+) -> Outcome:
+    """Stripe answered 404 for the object: tombstone its row (taking the lock)."""
+    await lock_object(session, account=account, kind=kind, object_id=object_id)
+    source = Source(ts=floor_second(fetched_at), event_id=None, livemode=livemode, account=account)
+    stub = {"customer": object_id} if kind == ENTITLEMENT_SUMMARY else {"id": object_id}
+    if kind == ENTITLEMENT_SUMMARY:
+        # No entitlements left is an empty set, not a deletion.
+        empty = {**stub, "entitlements": {"data": [], "has_more": False}}
+        return await apply_object(session, kind, empty, source=source)
+    return await apply_object(
+        session, kind, {**stub, "deleted": True}, source=source, action="delete"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class EventRoute:
+    kind: MirrorKind
+    action: Action
+
+
+_SUBSCRIPTION_EVENTS = (
+    "created",
+    "updated",
+    "paused",
+    "resumed",
+    "trial_will_end",
+    "pending_update_applied",
+    "pending_update_expired",
+)
+_INVOICE_EVENTS = (
+    "created",
+    "finalized",
+    "paid",
+    "payment_failed",
+    "payment_succeeded",
+    "updated",
+    "voided",
+    "marked_uncollectible",
+)
+
+EVENT_ROUTES: dict[str, EventRoute] = {
+    "customer.created": EventRoute("customer", "upsert"),
+    "customer.updated": EventRoute("customer", "upsert"),
+    "customer.deleted": EventRoute("customer", "delete"),
+    **{
+        f"customer.subscription.{s}": EventRoute("subscription", "upsert")
+        for s in _SUBSCRIPTION_EVENTS
+    },
+    "customer.subscription.deleted": EventRoute("subscription", "delete"),
+    "payment_method.attached": EventRoute("payment_method", "upsert"),
+    "payment_method.updated": EventRoute("payment_method", "upsert"),
+    "payment_method.automatically_updated": EventRoute("payment_method", "upsert"),
+    "payment_method.detached": EventRoute("payment_method", "detach"),
+    "customer.tax_id.created": EventRoute("tax_id", "upsert"),
+    "customer.tax_id.updated": EventRoute("tax_id", "upsert"),
+    "customer.tax_id.deleted": EventRoute("tax_id", "delete"),
+    **{f"invoice.{s}": EventRoute("invoice", "upsert") for s in _INVOICE_EVENTS},
+    "invoice.deleted": EventRoute("invoice", "delete"),
+    "billing_portal.configuration.created": EventRoute("billing_portal.configuration", "upsert"),
+    "billing_portal.configuration.updated": EventRoute("billing_portal.configuration", "upsert"),
+    "billing_portal.session.created": EventRoute("billing_portal.session", "upsert"),
+    "entitlements.active_entitlement_summary.updated": EventRoute(ENTITLEMENT_SUMMARY, "upsert"),
+}
+"""Every event type the mirror projects (DESIGN.md section 4 item 6); others are ignored."""

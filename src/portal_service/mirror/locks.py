@@ -1,0 +1,31 @@
+"""The per-object lock every mirror write holds: one key per (account, object kind, id),
+taken whether or not the row exists yet (DESIGN.md section 4 item 3)."""
+
+from __future__ import annotations
+
+import hashlib
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+def lock_key(account: str, kind: str, object_id: str) -> int:
+    """A stable signed 64-bit key (PostgreSQL's bigint) for an object, the same in every process."""
+    name = "\x1f".join((account, kind, object_id)).encode()
+    digest = hashlib.blake2b(name, digest_size=8, person=b"portal-lock").digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+async def lock_object(session: AsyncSession, *, account: str, kind: str, object_id: str) -> None:
+    """Block until this transaction holds the object's lock; released at commit or rollback.
+
+    PostgreSQL: a transaction-level advisory lock, which covers a row that does not exist
+    yet (a row lock could not). SQLite: nothing to do, every write transaction already
+    holds the database's write lock from its first statement (BEGIN IMMEDIATE).
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(:key)"),
+        {"key": lock_key(account, kind, object_id)},
+    )
