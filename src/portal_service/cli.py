@@ -7,11 +7,15 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from pydantic import ValidationError
 
 from portal_service.config import ConfigError, Settings, get_settings
+
+if TYPE_CHECKING:
+    from portal_service.mirror.replay import ReplaySummary
 
 app = typer.Typer(
     name="portal-service",
@@ -33,10 +37,21 @@ def _settings(*, workers: int = 1) -> Settings:
         settings.check(workers=workers)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
-    except ValueError as exc:  # pydantic's ValidationError: name the first bad variable only
-        first = str(exc).splitlines()
-        raise _fail("invalid settings: " + " ".join(first[1:3]).strip()) from None
+    except ValidationError as exc:
+        raise _fail(_invalid_settings(exc)) from None
+    except ValueError as exc:  # any other refusal still ends in one line, not a traceback
+        raise _fail("invalid settings: " + (str(exc).splitlines() or [""])[0]) from None
     return settings
+
+
+def _invalid_settings(exc: ValidationError) -> str:
+    # One line naming the variable as the operator wrote it; never the value, which may be
+    # a secret (pydantic's own message quotes the input).
+    errors = exc.errors(include_input=False, include_url=False)
+    first = errors[0]
+    variable = str(first["loc"][0]).upper() if first["loc"] else "settings"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"invalid {variable}: {first['msg']}{more}"
 
 
 @app.command()
@@ -95,6 +110,63 @@ def openapi(
         sys.stdout.write(document)
     else:
         output.write_text(document)
+
+
+@app.command()
+def replay(
+    status: Annotated[
+        str, typer.Option(help="Replay the events in this status (failed, pending, ...).")
+    ] = "failed",
+    event: Annotated[
+        list[str] | None,
+        typer.Option(help="Replay this event id whatever its status (repeatable)."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many events.")] = None,
+) -> None:
+    """Re-apply recorded webhook events, oldest first, through the webhook path."""
+    import asyncio
+
+    from portal_service.mirror.tables import EVENT_STATUSES
+
+    if status not in EVENT_STATUSES:
+        raise _fail(f"--status must be one of {', '.join(EVENT_STATUSES)}")
+    settings = _settings()
+    summary = asyncio.run(_replay(settings, status=status, event_ids=event or [], limit=limit))
+    counts = ", ".join(f"{name} {count}" for name, count in sorted(summary.results.items()))
+    typer.echo(f"replayed {summary.results.total()} event(s)" + (f": {counts}" if counts else ""))
+    if summary.missing:
+        typer.echo(f"not recorded: {', '.join(summary.missing)}", err=True)
+    if summary.failed or summary.missing:
+        raise typer.Exit(code=1)
+
+
+async def _replay(
+    settings: Settings, *, status: str, event_ids: list[str], limit: int | None
+) -> ReplaySummary:
+    from rich.progress import Progress
+
+    from portal_service.db import create_engine, create_sessionmaker
+    from portal_service.main import build_gateway
+    from portal_service.mirror.intake import EventProcessor
+    from portal_service.mirror.replay import events_to_replay, replay_events
+
+    engine = create_engine(settings.database_url)
+    gateway = build_gateway(settings)
+    try:
+        sessionmaker = create_sessionmaker(engine)
+        if not event_ids:
+            event_ids = await events_to_replay(sessionmaker, status=status, limit=limit)
+        elif limit is not None:
+            event_ids = event_ids[:limit]
+        processor = EventProcessor.for_settings(sessionmaker, gateway, settings)
+        with Progress(transient=False) as progress:
+            task = progress.add_task("replaying", total=len(event_ids))
+            return await replay_events(
+                processor, event_ids, on_each=lambda _id, _outcome: progress.advance(task)
+            )
+    finally:
+        await gateway.aclose()
+        await engine.dispose()
 
 
 def main() -> None:
