@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import time
@@ -33,6 +34,9 @@ ASYMMETRIC_ALGORITHMS = (
 )
 JWKS_TTL_SECONDS = 600.0
 JWKS_MIN_REFRESH_SECONDS = 30.0
+_ASYMMETRIC_KEY_TYPES = frozenset({"RSA", "EC", "OKP"})
+# The app_user_id columns are 255 wide.
+MAX_USER_ID_LENGTH = 255
 
 _bearer = HTTPBearer(auto_error=False, description="End-user JWT from the app's identity provider")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="Backend or admin API key")
@@ -64,40 +68,86 @@ class ApiKeyCaller:
 
 
 class JwksCache:
-    """JWKS keys fetched with httpx (never PyJWT's blocking urllib client), cached, and
-    refetched when a token names an unknown `kid`."""
+    """JWKS keys fetched with httpx (never PyJWT's blocking urllib client), cached for
+    JWKS_TTL_SECONDS, and refetched at once when a token names an unknown `kid` (a key
+    rotation). A refetch that does not find the kid blocks further unknown-kid refetches
+    for JWKS_MIN_REFRESH_SECONDS, so tokens with made-up kids cannot hammer the provider."""
 
-    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 5.0,
+        ttl_seconds: float = JWKS_TTL_SECONDS,
+        miss_cooldown_seconds: float = JWKS_MIN_REFRESH_SECONDS,
+    ) -> None:
         self._url = url
         self._timeout = timeout
-        self._keys: dict[str, jwt.PyJWK] = {}
-        self._fetched_at = 0.0
+        self._ttl = ttl_seconds
+        self._miss_cooldown = miss_cooldown_seconds
+        self._keys: list[dict[str, Any]] = []
+        self._fetched_at: float | None = None
+        self._useless_refetch_at: float | None = None
+        self._generation = 0
+        self._lock = asyncio.Lock()
 
-    async def _refresh(self) -> None:
-        try:
-            async with httpx.AsyncClient(timeout=self._timeout) as client:
-                response = await client.get(self._url, headers={"Accept": "application/json"})
-                response.raise_for_status()
-                jwk_set = jwt.PyJWKSet.from_dict(response.json())
-        except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:
-            log.warning("jwks_fetch_failed", error=type(exc).__name__)
-            raise AuthUnavailable() from exc
-        self._keys = {key.key_id: key for key in jwk_set.keys if key.key_id}
-        self._fetched_at = time.monotonic()
+    async def _refresh(self, seen_generation: int) -> None:
+        async with self._lock:
+            if self._generation != seen_generation:
+                return  # another request refreshed while this one waited
+            try:
+                async with httpx.AsyncClient(timeout=self._timeout) as client:
+                    response = await client.get(self._url, headers={"Accept": "application/json"})
+                    response.raise_for_status()
+                    document = response.json()
+            except (httpx.HTTPError, ValueError) as exc:
+                log.warning("jwks_fetch_failed", error=type(exc).__name__)
+                raise AuthUnavailable() from exc
+            keys = document.get("keys") if isinstance(document, dict) else None
+            if not isinstance(keys, list):
+                log.warning("jwks_fetch_failed", error="not a JWK set")
+                raise AuthUnavailable("The identity provider's JWKS document is not a key set.")
+            # Only public signing keys: a symmetric (`oct`) key published in a JWKS would
+            # let anyone who reads it sign tokens.
+            self._keys = [
+                key
+                for key in keys
+                if isinstance(key, dict)
+                and key.get("kty") in _ASYMMETRIC_KEY_TYPES
+                and key.get("use", "sig") == "sig"
+            ]
+            self._fetched_at = time.monotonic()
+            self._generation += 1
 
-    async def key_for(self, kid: str | None) -> jwt.PyJWK:
-        age = time.monotonic() - self._fetched_at
-        if (
-            not self._keys
-            or age > JWKS_TTL_SECONDS
-            or (kid not in self._keys and age > JWKS_MIN_REFRESH_SECONDS)
-        ):
-            await self._refresh()
-        if kid is None and len(self._keys) == 1:
-            return next(iter(self._keys.values()))
-        if kid is None or kid not in self._keys:
+    def _find(self, kid: str | None) -> dict[str, Any] | None:
+        if kid is None:
+            return self._keys[0] if len(self._keys) == 1 else None
+        return next((key for key in self._keys if key.get("kid") == kid), None)
+
+    async def key_for(self, kid: str | None, algorithm: str) -> jwt.PyJWK:
+        generation = self._generation
+        if self._fetched_at is None or time.monotonic() - self._fetched_at > self._ttl:
+            await self._refresh(generation)
+            generation = self._generation
+        jwk = self._find(kid)
+        if jwk is None and self._may_refetch_unknown_kid():
+            await self._refresh(generation)
+            jwk = self._find(kid)
+            if jwk is None:
+                self._useless_refetch_at = time.monotonic()
+        if jwk is None:
             raise Unauthenticated("The token's signing key is unknown.")
-        return self._keys[kid]
+        declared = jwk.get("alg")
+        if declared is not None and declared != algorithm:
+            raise Unauthenticated("The token's algorithm does not match its signing key.")
+        try:
+            return jwt.PyJWK(jwk, algorithm=algorithm)
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated("The token's signing key cannot verify it.") from exc
+
+    def _may_refetch_unknown_kid(self) -> bool:
+        last = self._useless_refetch_at
+        return last is None or time.monotonic() - last > self._miss_cooldown
 
 
 async def _decode(token: str, settings: Settings, jwks: JwksCache | None) -> dict[str, Any]:
@@ -108,10 +158,12 @@ async def _decode(token: str, settings: Settings, jwks: JwksCache | None) -> dic
             algorithms = ["HS256"]
         elif jwks is not None:
             header = jwt.get_unverified_header(token)
-            if header.get("alg") not in ASYMMETRIC_ALGORITHMS:
+            algorithm = header.get("alg")
+            if algorithm not in ASYMMETRIC_ALGORITHMS:
                 raise Unauthenticated("The token's algorithm is not accepted.")
-            key = await jwks.key_for(header.get("kid"))
-            algorithms = [header["alg"]]
+            kid = header.get("kid")
+            key = await jwks.key_for(kid if isinstance(kid, str) else None, algorithm)
+            algorithms = [algorithm]
         else:
             raise Unauthenticated("End-user tokens are not accepted by this service.")
         claims: dict[str, Any] = jwt.decode(
@@ -151,6 +203,11 @@ async def _end_user(
     user_id = claims.get(settings.auth_user_claim)
     if not isinstance(user_id, str | int) or isinstance(user_id, bool) or str(user_id) == "":
         raise Unauthenticated(f"The token has no '{settings.auth_user_claim}' claim.")
+    if len(str(user_id)) > MAX_USER_ID_LENGTH:
+        raise Unauthenticated(
+            f"The token's '{settings.auth_user_claim}' claim is longer than "
+            f"{MAX_USER_ID_LENGTH} characters."
+        )
     email = claims.get("email")
     return EndUser(user_id=str(user_id), email=email if isinstance(email, str) else None)
 
@@ -169,14 +226,18 @@ async def require_end_user(
     return await _end_user(request, settings, bearer)
 
 
-async def require_backend(settings: AppSettings, bearer: Bearer, api_key: ApiKey) -> ApiKeyCaller:
+async def require_backend(
+    request: Request, settings: AppSettings, bearer: Bearer, api_key: ApiKey
+) -> ApiKeyCaller:
     if api_key is not None:
         caller = _api_key_caller(api_key, settings)
         if caller is None:
             raise Unauthenticated("The API key is not valid.")
         return caller
     if bearer is not None:
-        raise Forbidden("This route needs a backend API key (X-API-Key).")
+        # Only a *valid* credential of the wrong kind is 403; a bad token stays 401.
+        await _end_user(request, settings, bearer)
+        raise Forbidden("This route needs a backend API key (X-API-Key), not an end-user token.")
     raise Unauthenticated()
 
 
@@ -190,7 +251,7 @@ async def require_user_or_backend(
     request: Request, settings: AppSettings, bearer: Bearer, api_key: ApiKey
 ) -> EndUser | ApiKeyCaller:
     if api_key is not None:
-        return await require_backend(settings, bearer, api_key)
+        return await require_backend(request, settings, bearer, api_key)
     if bearer is not None:
         return await _end_user(request, settings, bearer)
     raise Unauthenticated()

@@ -5,7 +5,15 @@ from portal_service.gateway.base import (
     Gateway,
     GatewayDep,
     ObjectKind,
+    StripeIdempotencyConflict,
     StripeObjectMissing,
 )
 
-__all__ = ["Fetched", "Gateway", "GatewayDep", "ObjectKind", "StripeObjectMissing"]
+__all__ = [
+    "Fetched",
+    "Gateway",
+    "GatewayDep",
+    "ObjectKind",
+    "StripeIdempotencyConflict",
+    "StripeObjectMissing",
+]

@@ -37,6 +37,12 @@ class StripeObjectMissing(StripeError):
     default_detail = "Stripe has no such object."
 
 
+class StripeIdempotencyConflict(StripeError):
+    """Stripe saw this Idempotency-Key before with other parameters (400 idempotency_error)."""
+
+    default_detail = "Stripe saw this idempotency key with different parameters."
+
+
 class Gateway(Protocol):
     """What the service needs from Stripe. Errors are DomainErrors: StripeError (Stripe
     refused, 502), StripeObjectMissing (404 from Stripe), StripeUnavailable (network,

@@ -11,14 +11,21 @@ import stripe
 
 from portal_service.config import Settings
 from portal_service.db import utcnow
-from portal_service.errors import StripeError, StripeUnavailable
-from portal_service.gateway.base import Fetched, ObjectKind, StripeObjectMissing
+from portal_service.errors import DomainError, StripeError, StripeUnavailable
+from portal_service.gateway.base import (
+    Fetched,
+    ObjectKind,
+    StripeIdempotencyConflict,
+    StripeObjectMissing,
+)
 from portal_service.mirror.stripe_models import to_jsonable
 from portal_service.ops.logging import get_logger
 from portal_service.ops.metrics import STRIPE_REQUESTS
 
 T = TypeVar("T")
 log = get_logger("portal_service.gateway")
+# Used when Stripe's 429 carries no Retry-After of its own.
+DEFAULT_RETRY_AFTER_SECONDS = "2"
 
 
 def _stripe_date(obj: Any) -> datetime:
@@ -57,33 +64,24 @@ class StripeGateway:
     def client(self) -> stripe.StripeClient:
         return self._client
 
-    async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def _call(
+        self, operation: str, call: Callable[[], Awaitable[T]], *, reads: bool = False
+    ) -> T:
         try:
             result = await call()
-        except stripe.RateLimitError as exc:
-            STRIPE_REQUESTS.labels(operation=operation, outcome="rate_limited").inc()
-            retry_after = (exc.headers or {}).get("Retry-After") or "2"
-            raise StripeUnavailable(
-                "Stripe is rate-limiting requests; try again shortly.",
-                headers={"Retry-After": str(retry_after)},
-                extra={"stripe_request_id": exc.request_id},
-            ) from exc
-        except (stripe.APIConnectionError, stripe.APIError) as exc:
-            STRIPE_REQUESTS.labels(operation=operation, outcome="unavailable").inc()
-            log.warning("stripe_unavailable", operation=operation, error=type(exc).__name__)
-            raise StripeUnavailable(extra={"stripe_request_id": exc.request_id}) from exc
-        except stripe.InvalidRequestError as exc:
-            if exc.http_status == 404 and exc.code == "resource_missing":
-                STRIPE_REQUESTS.labels(operation=operation, outcome="not_found").inc()
-                raise StripeObjectMissing(extra={"stripe_request_id": exc.request_id}) from exc
-            STRIPE_REQUESTS.labels(operation=operation, outcome="refused").inc()
-            raise _refused(exc) from exc
         except stripe.StripeError as exc:
-            if exc.http_status is not None and exc.http_status >= 500:
-                STRIPE_REQUESTS.labels(operation=operation, outcome="unavailable").inc()
-                raise StripeUnavailable(extra={"stripe_request_id": exc.request_id}) from exc
-            STRIPE_REQUESTS.labels(operation=operation, outcome="refused").inc()
-            raise _refused(exc) from exc
+            outcome, error = _domain_error(exc, reads=reads)
+            STRIPE_REQUESTS.labels(operation=operation, outcome=outcome).inc()
+            log.warning(
+                "stripe_request_failed",
+                operation=operation,
+                outcome=outcome,
+                error=type(exc).__name__,
+                http_status=exc.http_status,
+                stripe_code=exc.code,
+                stripe_request_id=exc.request_id,
+            )
+            raise error from exc
         STRIPE_REQUESTS.labels(operation=operation, outcome="ok").inc()
         return result
 
@@ -131,7 +129,7 @@ class StripeGateway:
                 object_id, options=options
             ),
         }
-        obj = await self._call(f"{kind}.retrieve", retrievers[kind])
+        obj = await self._call(f"{kind}.retrieve", retrievers[kind], reads=True)
         return Fetched(object=to_jsonable(obj.to_dict()), fetched_at=_stripe_date(obj))
 
     async def list_active_entitlements(self, customer_id: str, *, account: str = "") -> Fetched:
@@ -141,6 +139,7 @@ class StripeGateway:
             lambda: self._client.v1.entitlements.active_entitlements.list_async(
                 params={"customer": customer_id, "limit": 100}, options=options
             ),
+            reads=True,
         )
         fetched_at = _stripe_date(page)
         data = [to_jsonable(item.to_dict()) async for item in page.auto_paging_iter()]
@@ -155,9 +154,54 @@ class StripeGateway:
         await self._http.close_async()  # type: ignore[no-untyped-call]  # untyped in the SDK
 
 
-def _refused(exc: stripe.StripeError) -> StripeError:
-    code = getattr(exc, "code", None)
+def _retry_after(exc: stripe.StripeError) -> str:
+    value = (exc.headers or {}).get("Retry-After")
+    if value is not None and value.strip().isdigit():
+        return str(max(1, int(value.strip())))
+    return DEFAULT_RETRY_AFTER_SECONDS
+
+
+def _domain_error(exc: stripe.StripeError, *, reads: bool) -> tuple[str, DomainError]:
+    """(metrics outcome, the error to raise) for what the SDK raised, after its retries.
+    `reads`: a 404 resource_missing means the object read does not exist
+    (StripeObjectMissing); on a write it is a refusal like any other 4xx.
+
+    Contract (DESIGN.md section 3): Stripe 4xx is 502 stripe_error with Stripe's request
+    id; network errors, timeouts and 5xx are 503 stripe_unavailable; a 429 is 503 too,
+    with Retry-After.
+    """
+    status = exc.http_status
+    extra: dict[str, Any] = {"stripe_request_id": exc.request_id}
+    if isinstance(exc, stripe.RateLimitError) or status == 429:
+        return "rate_limited", StripeUnavailable(
+            "Stripe is rate-limiting requests; try again shortly.",
+            headers={"Retry-After": _retry_after(exc)},
+            extra=extra,
+        )
+    if isinstance(exc, stripe.APIConnectionError) or status is None or status >= 500:
+        return "unavailable", StripeUnavailable(extra=extra)
+    if status == 409:
+        # A conflict (another request with the same idempotency key still running, a
+        # lock) that the SDK's retries did not outlast: transient, not a refusal.
+        return "unavailable", StripeUnavailable(
+            "Stripe is busy with a conflicting request; try again shortly.",
+            headers={"Retry-After": "1"},
+            extra=extra,
+        )
+    if reads and status == 404 and exc.code == "resource_missing":
+        return "not_found", StripeObjectMissing(extra=extra)
+    if isinstance(exc, stripe.IdempotencyError):
+        return "refused", StripeIdempotencyConflict(extra=extra)
+    if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
+        # Stripe's message names (part of) our key: it is for the operator, not the caller.
+        log.error(
+            "stripe_credentials_refused", http_status=status, stripe_request_id=exc.request_id
+        )
+        return "refused", StripeError(
+            "Stripe refused this service's credentials (check STRIPE_API_KEY).", extra=extra
+        )
+    code = exc.code
     detail = exc.user_message or (
         f"Stripe refused the request ({code})." if code else "Stripe refused the request."
     )
-    return StripeError(detail, extra={"stripe_request_id": exc.request_id, "stripe_code": code})
+    return "refused", StripeError(detail, extra={**extra, "stripe_code": code})

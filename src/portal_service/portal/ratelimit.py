@@ -1,0 +1,60 @@
+"""The per-user portal session limit (RATE_LIMIT_PORTAL_SESSIONS), counted from the
+`portal_sessions` rows in the database so that every replica sees the same count.
+
+Requests that race past the check together can exceed the limit by the number of
+replicas' concurrent requests; it bounds abuse, it is not a quota.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, select
+
+from portal_service.errors import RateLimited
+from portal_service.mirror.tables import PortalSession
+
+
+async def check_rate_limit(
+    session: AsyncSession,
+    *,
+    app_user_id: str | None,
+    customer_id: str,
+    limit: int,
+    window_seconds: int,
+    now: datetime,
+) -> None:
+    """Raise RateLimited (with Retry-After) if `limit` sessions were created in the window
+    for this app user (or, for a customer without one, for this customer)."""
+    if limit <= 0:
+        raise RateLimited(
+            "Portal sessions are disabled (RATE_LIMIT_PORTAL_SESSIONS is 0).",
+            headers={"Retry-After": str(window_seconds)},
+            extra={"retry_after": window_seconds},
+        )
+    since = now - timedelta(seconds=window_seconds)
+    owner = (
+        col(PortalSession.app_user_id) == app_user_id
+        if app_user_id is not None
+        else col(PortalSession.customer_id) == customer_id
+    )
+    # The limit-th newest session in the window: once it ages out, one more is allowed.
+    result = await session.execute(
+        select(PortalSession.created)
+        .where(owner, col(PortalSession.created) > since)
+        .order_by(col(PortalSession.created).desc())
+        .offset(limit - 1)
+        .limit(1)
+    )
+    oldest_counted = result.scalars().first()
+    if oldest_counted is None:
+        return
+    wait = (oldest_counted + timedelta(seconds=window_seconds) - now).total_seconds()
+    retry_after = max(1, math.ceil(wait))
+    raise RateLimited(
+        f"At most {limit} portal sessions per {window_seconds} s; try again in {retry_after} s.",
+        headers={"Retry-After": str(retry_after)},
+        extra={"retry_after": retry_after},
+    )

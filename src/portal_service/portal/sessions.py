@@ -1,0 +1,457 @@
+"""POST /portal-sessions as a service: everything is validated before Stripe is called,
+refusals say why, and each created session is recorded (never its URL).
+
+Order matters: request checks that need no database come first (who may ask for what,
+locale, return URLs), then the Idempotency-Key's history, the customer (possibly created
+in Stripe), the rate limit, the configuration, the flow against the mirror, and only
+then the session itself. Every Stripe call happens outside a database transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, select
+
+from portal_service.access.facts import (
+    PLATFORM_ACCOUNT,
+    customer_subscriptions,
+    subscription_facts,
+)
+from portal_service.access.policy import AccessPolicy, grants_access
+from portal_service.auth import ApiKeyCaller, EndUser
+from portal_service.config import Settings
+from portal_service.db import utcnow
+from portal_service.errors import (
+    Forbidden,
+    IdempotencyKeyExpired,
+    IdempotencyKeyReused,
+    InvalidRequest,
+    ReturnUrlNotAllowed,
+    ReturnUrlRequired,
+    UnsupportedLocale,
+)
+from portal_service.gateway import Gateway, StripeIdempotencyConflict
+from portal_service.mirror import stripe_models
+from portal_service.mirror.stripe_models import redact_session_urls
+from portal_service.mirror.tables import PortalConfiguration, PortalSession
+from portal_service.ops.logging import get_logger
+from portal_service.ops.metrics import SESSIONS_CREATED
+from portal_service.portal.configs import PortalConfigFile, Selected
+from portal_service.portal.customers import ResolvedCustomer, resolve_by_id, resolve_for_user
+from portal_service.portal.flows import TaxBehaviorCache, check_flow, flow_data
+from portal_service.portal.locales import UnsupportedLocaleError, resolve_locale
+from portal_service.portal.ratelimit import check_rate_limit
+from portal_service.portal.schemas import PortalSessionRequest, RedirectAfterCompletion
+
+log = get_logger("portal_service.portal.sessions")
+
+# An unused portal session lives 5 minutes: a replay after that would hand out a dead link.
+IDEMPOTENCY_WINDOW = timedelta(minutes=5)
+IDEMPOTENCY_KEY_PATTERN = r"^[A-Za-z0-9_-]{1,200}$"
+
+Caller = EndUser | ApiKeyCaller
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedSession:
+    id: str
+    url: str
+    customer_id: str
+    configuration_id: str | None
+    locale: str | None
+    return_url: str | None
+    flow_type: str | None
+    livemode: bool
+    created_at: datetime
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _SessionRecord:
+    """What only this request knows about a session: Stripe's answer does not say it."""
+
+    customer_id: str
+    configuration_id: str | None
+    locale: str
+    flow_type: str | None
+    return_url: str
+    app_user_id: str | None
+    caller: str
+    idempotency_key_hash: str | None
+    request_hash: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    stripe_key: str  # `<caller>:<key>`, what Stripe sees
+    key_hash: str
+    request_hash: str
+
+    @classmethod
+    def build(cls, *, caller: Caller, key: str, canonical_request: str) -> IdempotencyKey:
+        stripe_key = f"{caller.caller}:{key}"
+        return cls(
+            stripe_key=stripe_key,
+            key_hash=hashlib.sha256(stripe_key.encode()).hexdigest(),
+            request_hash=hashlib.sha256(canonical_request.encode()).hexdigest(),
+        )
+
+
+def canonical_request(body: PortalSessionRequest, *, locale: str) -> str:
+    """The validated request as canonical JSON: absent and null are the same, key order and
+    whitespace do not matter, and the negotiated locale counts as part of the request."""
+    document = {"request": body.model_dump(mode="json", exclude_none=True), "locale": locale}
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+async def create_portal_session(
+    session: AsyncSession,
+    *,
+    caller: Caller,
+    body: PortalSessionRequest,
+    idempotency_key: str | None,
+    accept_language: str | None,
+    settings: Settings,
+    gateway: Gateway,
+    portal_config: PortalConfigFile | None,
+    tax_cache: TaxBehaviorCache,
+) -> CreatedSession:
+    livemode = settings.livemode
+    _check_target(caller, body)
+    explicit = _explicit_configuration(
+        body.configuration, caller=caller, portal_config=portal_config, livemode=livemode
+    )
+    try:
+        locale = resolve_locale(body.locale, accept_language)
+    except UnsupportedLocaleError as exc:
+        raise UnsupportedLocale(str(exc)) from exc
+    _check_return_urls(body, settings)
+
+    idempotency = (
+        IdempotencyKey.build(
+            caller=caller,
+            key=idempotency_key,
+            canonical_request=canonical_request(body, locale=locale),
+        )
+        if idempotency_key is not None
+        else None
+    )
+    replay = idempotency is not None and await _is_replay(session, idempotency, now=utcnow())
+
+    customer = await _resolve_customer(
+        session, gateway, caller=caller, body=body, settings=settings
+    )
+    app_user_id = (
+        caller.user_id
+        if isinstance(caller, EndUser)
+        else (body.app_user_id or customer.app_user_id)
+    )
+    # Before the flow checks, which may read from Stripe: a limited caller costs nothing.
+    if not replay:
+        limit, window = settings.rate_limit
+        await check_rate_limit(
+            session,
+            app_user_id=app_user_id,
+            customer_id=customer.id,
+            limit=limit,
+            window_seconds=window,
+            now=utcnow(),
+        )
+    selected = explicit or await _rule_configuration(
+        session, portal_config, customer=customer, settings=settings
+    )
+    configuration = await _mirrored_configuration(
+        session, selected.configuration_id if selected else None, livemode=livemode
+    )
+    return_url = (
+        body.return_url
+        or settings.portal_default_return_url
+        or (configuration.default_return_url if configuration is not None else None)
+    )
+    if return_url is None:
+        raise ReturnUrlRequired(
+            "No return_url was given, PORTAL_DEFAULT_RETURN_URL is not set and the portal "
+            "configuration has no default_return_url."
+        )
+    if body.flow is not None:
+        await check_flow(
+            session,
+            gateway,
+            flow=body.flow,
+            customer_id=customer.id,
+            livemode=livemode,
+            configuration_features=configuration.features if configuration is not None else None,
+            tax_cache=tax_cache,
+        )
+
+    params: dict[str, Any] = {"customer": customer.id, "return_url": return_url, "locale": locale}
+    if selected is not None:
+        params["configuration"] = selected.configuration_id
+    if body.flow is not None:
+        params["flow_data"] = flow_data(body.flow)
+
+    await session.commit()  # end the read transaction before calling Stripe
+    try:
+        created = await gateway.create_portal_session(
+            params, idempotency_key=idempotency.stripe_key if idempotency else None
+        )
+    except StripeIdempotencyConflict as exc:
+        # A concurrent request with this key and another body reached Stripe first.
+        raise IdempotencyKeyReused() from exc
+
+    parsed = stripe_models.PortalSession.model_validate(created)
+    recorded = not replay and await _record(
+        session,
+        created=created,
+        parsed=parsed,
+        defaults=_SessionRecord(
+            customer_id=customer.id,
+            configuration_id=selected.configuration_id if selected else None,
+            locale=locale,
+            flow_type=body.flow.type if body.flow else None,
+            return_url=return_url,
+            app_user_id=app_user_id,
+            caller=caller.caller,
+            idempotency_key_hash=idempotency.key_hash if idempotency else None,
+            request_hash=idempotency.request_hash if idempotency else None,
+        ),
+    )
+    if recorded:
+        SESSIONS_CREATED.inc()
+    log.info(
+        "portal_session_created",
+        session_id=parsed.id,
+        customer_id=customer.id,
+        flow_type=parsed.flow_type,
+        caller=caller.caller,
+        replayed=not recorded,
+    )
+    return CreatedSession(
+        id=parsed.id,
+        url=str(created["url"]),
+        customer_id=parsed.customer or customer.id,
+        configuration_id=parsed.configuration,
+        locale=parsed.locale or locale,
+        return_url=parsed.return_url or return_url,
+        flow_type=parsed.flow_type or (body.flow.type if body.flow else None),
+        livemode=parsed.livemode,
+        created_at=parsed.created or utcnow(),
+        replayed=not recorded,
+    )
+
+
+def _check_target(caller: Caller, body: PortalSessionRequest) -> None:
+    if isinstance(caller, EndUser):
+        if body.customer_id is not None or body.app_user_id is not None:
+            raise Forbidden(
+                "customer_id and app_user_id are for API-key callers; an end user's "
+                "customer comes from the token."
+            )
+        return
+    if (body.customer_id is None) == (body.app_user_id is None):
+        raise InvalidRequest("An API-key caller gives exactly one of customer_id or app_user_id.")
+
+
+def _explicit_configuration(
+    value: str | None,
+    *,
+    caller: Caller,
+    portal_config: PortalConfigFile | None,
+    livemode: bool,
+) -> Selected | None:
+    if value is None:
+        return None
+    listed = portal_config.lookup(value, livemode=livemode) if portal_config else None
+    if listed is not None:
+        if listed.configuration_id is None:
+            mode = "live" if livemode else "test"
+            raise InvalidRequest(
+                f"configuration {value!r} has no {mode}-mode id in PORTAL_CONFIG_FILE yet "
+                "(run `portal-service portal-config apply`)."
+            )
+        return listed
+    if isinstance(caller, EndUser):
+        raise Forbidden("End users may only choose a configuration listed in PORTAL_CONFIG_FILE.")
+    if value.startswith("bpc_") and value[4:].replace("_", "").isalnum():
+        return Selected(name=None, configuration_id=value)
+    raise InvalidRequest(
+        f"configuration {value!r} is neither a name in PORTAL_CONFIG_FILE nor a bpc_ id."
+    )
+
+
+def _check_return_urls(body: PortalSessionRequest, settings: Settings) -> None:
+    allowlist = settings.return_url_allowlist
+    if body.return_url is not None and not allowlist.allows(body.return_url):
+        raise ReturnUrlNotAllowed(
+            "return_url does not match any entry of PORTAL_RETURN_URL_ALLOWLIST."
+        )
+    after = body.flow.after_completion if body.flow is not None else None
+    if isinstance(after, RedirectAfterCompletion) and not allowlist.allows(after.return_url):
+        raise ReturnUrlNotAllowed(
+            "flow.after_completion.return_url does not match any entry of "
+            "PORTAL_RETURN_URL_ALLOWLIST."
+        )
+
+
+async def _is_replay(session: AsyncSession, key: IdempotencyKey, *, now: datetime) -> bool:
+    result = await session.execute(
+        select(PortalSession.created, PortalSession.request_hash).where(
+            col(PortalSession.idempotency_key_hash) == key.key_hash
+        )
+    )
+    prior = result.first()
+    if prior is None:
+        return False
+    created, request_hash = prior
+    if now - created > IDEMPOTENCY_WINDOW:
+        raise IdempotencyKeyExpired()
+    if request_hash != key.request_hash:
+        raise IdempotencyKeyReused()
+    return True
+
+
+async def _resolve_customer(
+    session: AsyncSession,
+    gateway: Gateway,
+    *,
+    caller: Caller,
+    body: PortalSessionRequest,
+    settings: Settings,
+) -> ResolvedCustomer:
+    if isinstance(caller, EndUser):
+        return await resolve_for_user(
+            session,
+            gateway,
+            app_user_id=caller.user_id,
+            email=caller.email,
+            livemode=settings.livemode,
+            auto_create=settings.auto_create_customers,
+        )
+    if body.app_user_id is not None:
+        return await resolve_for_user(
+            session,
+            gateway,
+            app_user_id=body.app_user_id,
+            email=None,
+            livemode=settings.livemode,
+            auto_create=settings.auto_create_customers,
+        )
+    assert body.customer_id is not None  # noqa: S101 - _check_target guarantees one of them
+    return await resolve_by_id(
+        session, gateway, customer_id=body.customer_id, livemode=settings.livemode
+    )
+
+
+async def _rule_configuration(
+    session: AsyncSession,
+    portal_config: PortalConfigFile | None,
+    *,
+    customer: ResolvedCustomer,
+    settings: Settings,
+) -> Selected | None:
+    if portal_config is None or not portal_config.rules:
+        return None
+    subscriptions = await customer_subscriptions(session, customer.id, livemode=settings.livemode)
+    facts = await subscription_facts(session, subscriptions)
+    policy = AccessPolicy(
+        past_due_grace_days=settings.access_past_due_grace_days,
+        access_during_paused_collection=settings.access_during_paused_collection,
+    )
+    now = utcnow()
+    # "Active product": one the customer has access to now, by the same policy as /me/*.
+    products = {
+        item.product_id
+        for sub in facts.values()
+        if grants_access(sub, policy=policy, now=now)
+        for item in sub.items
+        if item.product_id is not None
+    }
+    return portal_config.select(
+        livemode=settings.livemode, active_products=products, metadata=customer.metadata
+    )
+
+
+async def _mirrored_configuration(
+    session: AsyncSession, configuration_id: str | None, *, livemode: bool
+) -> PortalConfiguration | None:
+    """The chosen configuration as mirrored, or the mode's default when none is chosen."""
+    query = select(PortalConfiguration).where(
+        col(PortalConfiguration.livemode) == livemode,
+        col(PortalConfiguration.account) == PLATFORM_ACCOUNT,
+        col(PortalConfiguration.deleted).is_(False),
+    )
+    if configuration_id is not None:
+        query = query.where(col(PortalConfiguration.id) == configuration_id)
+    else:
+        query = query.where(
+            col(PortalConfiguration.is_default).is_(True),
+            col(PortalConfiguration.active).is_(True),
+        )
+    result = await session.execute(query.limit(1))
+    return result.scalars().first()
+
+
+async def _record(
+    session: AsyncSession,
+    *,
+    created: dict[str, Any],
+    parsed: stripe_models.PortalSession,
+    defaults: _SessionRecord,
+) -> bool:
+    """Write the session's row (never its URL); False if another request already did
+    (a concurrent use of the same Idempotency-Key)."""
+    row = await session.get(PortalSession, parsed.id, populate_existing=True)
+    if row is None:
+        fresh = PortalSession(
+            id=parsed.id,
+            livemode=parsed.livemode,
+            account=PLATFORM_ACCOUNT,
+            stripe_created=parsed.created,
+            raw=redact_session_urls(created),
+            customer_id=parsed.customer or defaults.customer_id,
+            configuration_id=parsed.configuration or defaults.configuration_id,
+            locale=parsed.locale or defaults.locale,
+            flow_type=parsed.flow_type or defaults.flow_type,
+            return_url=parsed.return_url or defaults.return_url,
+            app_user_id=defaults.app_user_id,
+            caller=defaults.caller,
+            created=utcnow(),
+            idempotency_key_hash=defaults.idempotency_key_hash,
+            request_hash=defaults.request_hash,
+        )
+        try:
+            async with session.begin_nested():
+                session.add(fresh)
+        except IntegrityError:
+            row = await session.get(PortalSession, parsed.id, populate_existing=True)
+            if row is None:
+                log.warning("portal_session_key_conflict", session_id=parsed.id)
+                return False
+        else:
+            return True
+    if row.caller is not None:
+        return False
+    # The billing_portal.session.created webhook recorded it first: add what only this
+    # request knows, leave what the webhook applied (raw, watermark) alone.
+    try:
+        async with session.begin_nested():
+            row.app_user_id = defaults.app_user_id
+            row.caller = defaults.caller
+            row.idempotency_key_hash = defaults.idempotency_key_hash
+            row.request_hash = defaults.request_hash
+            row.customer_id = row.customer_id or defaults.customer_id
+            row.configuration_id = row.configuration_id or defaults.configuration_id
+            row.locale = row.locale or defaults.locale
+            row.flow_type = row.flow_type or defaults.flow_type
+            row.return_url = row.return_url or defaults.return_url
+    except IntegrityError:
+        log.warning("portal_session_key_conflict", session_id=parsed.id)
+        return False
+    return True
