@@ -6,7 +6,7 @@ Every read is scoped to one mode and the platform account (`account = ''`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from sqlalchemy import type_coerce
@@ -15,10 +15,17 @@ from sqlmodel import col, func, select
 
 from portal_service.access.policy import ItemFacts, SubscriptionFacts
 from portal_service.db import UTCDateTime
-from portal_service.mirror.tables import Customer, Invoice, Subscription, SubscriptionItem
+from portal_service.mirror.tables import (
+    Customer,
+    Entitlement,
+    Invoice,
+    Subscription,
+    SubscriptionItem,
+)
 
 PLATFORM_ACCOUNT = ""
 UNPAID_INVOICE_STATUSES = ("open", "uncollectible")
+ENDED_STATUSES = ("canceled", "incomplete_expired")
 
 
 async def linked_customer(
@@ -115,9 +122,14 @@ def to_facts(
     *,
     oldest_unpaid_invoice_created: datetime | None = None,
 ) -> SubscriptionFacts:
+    status = subscription.status or ""
+    if subscription.deleted and status not in ENDED_STATUSES:
+        # A tombstone comes from customer.subscription.deleted, which Stripe sends only for
+        # an ended subscription: whatever status the row last held, it is over.
+        status = "canceled"
     return SubscriptionFacts(
         id=subscription.id,
-        status=subscription.status or "",
+        status=status,
         cancel_at_period_end=subscription.cancel_at_period_end,
         cancel_at=subscription.cancel_at,
         current_period_start=subscription.current_period_start,
@@ -140,13 +152,36 @@ def to_facts(
 
 
 async def subscription_facts(
-    session: AsyncSession, subscriptions: Sequence[Subscription]
+    session: AsyncSession,
+    subscriptions: Sequence[Subscription],
+    *,
+    items: Mapping[str, Sequence[SubscriptionItem]] | None = None,
 ) -> dict[str, SubscriptionFacts]:
-    """Facts for several subscriptions with two queries, keyed by subscription id."""
+    """Facts for several subscriptions with two queries, keyed by subscription id.
+
+    `items` (from `subscription_items`) saves a query when the caller already has them.
+    """
     ids = [s.id for s in subscriptions]
-    items = await subscription_items(session, ids)
+    if items is None:
+        items = await subscription_items(session, ids)
     unpaid = await oldest_unpaid_invoices(session, ids)
     return {
-        s.id: to_facts(s, items[s.id], oldest_unpaid_invoice_created=unpaid.get(s.id))
+        s.id: to_facts(s, items.get(s.id, ()), oldest_unpaid_invoice_created=unpaid.get(s.id))
         for s in subscriptions
     }
+
+
+async def active_features(session: AsyncSession, customer: Customer) -> list[str]:
+    """Lookup keys of the customer's active Stripe Entitlements features, sorted, once each."""
+    result = await session.execute(
+        select(col(Entitlement.lookup_key))
+        .where(
+            col(Entitlement.customer_id) == customer.id,
+            col(Entitlement.livemode) == customer.livemode,
+            col(Entitlement.account) == PLATFORM_ACCOUNT,
+            col(Entitlement.deleted).is_(False),
+            col(Entitlement.lookup_key).is_not(None),
+        )
+        .distinct()
+    )
+    return sorted(key for key in result.scalars().all() if key)

@@ -1,0 +1,101 @@
+"""The entitlements answer (DESIGN.md section 6) and its ETag, for apps that poll it.
+
+The ETag hashes the body without `evaluated_at`: it changes exactly when the answer does,
+including when an `access_until` passes and a product drops out with no event at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from portal_service.access.facts import (
+    active_features,
+    customer_subscriptions,
+    subscription_facts,
+)
+from portal_service.access.policy import AccessPolicy, access_until, grants_access
+from portal_service.access.schemas import EntitledProduct, Entitlements
+from portal_service.mirror.tables import Customer
+
+# An entity-tag (RFC 9110 section 8.8.3): optional weak prefix, then a quoted opaque tag
+# that may itself contain commas, so a list is scanned tag by tag rather than split.
+_ENTITY_TAG = re.compile(r'(?:W/)?"([^"]*)"\s*(?:,|$)')
+# List elements may be empty (`"a", , "b"`): skip separators between tags.
+_SEPARATORS = re.compile(r"[\s,]*")
+
+
+async def evaluate_entitlements(
+    session: AsyncSession,
+    customer: Customer | None,
+    *,
+    policy: AccessPolicy,
+    now: datetime,
+) -> Entitlements:
+    """What `customer` may use at `now`; the empty answer when there is no customer."""
+    if customer is None:
+        return Entitlements(
+            customer_id=None, has_access=False, products=[], features=[], evaluated_at=now
+        )
+    subscriptions = await customer_subscriptions(session, customer.id, livemode=customer.livemode)
+    facts = await subscription_facts(session, subscriptions)
+    products = [
+        EntitledProduct(
+            product_id=item.product_id,
+            price_id=item.price_id,
+            subscription_id=sub.id,
+            status=sub.status,
+            quantity=item.quantity,
+            access_until=access_until(sub),
+        )
+        for sub in facts.values()
+        if grants_access(sub, policy=policy, now=now)
+        for item in sub.items
+    ]
+    # A set in a fixed order: the same state always hashes to the same ETag.
+    products.sort(key=lambda p: (p.product_id or "", p.price_id or "", p.subscription_id))
+    return Entitlements(
+        customer_id=customer.id,
+        has_access=bool(products),
+        products=products,
+        features=await active_features(session, customer),
+        evaluated_at=now,
+    )
+
+
+def entitlements_etag(body: Entitlements) -> str:
+    """A strong ETag: SHA-256 of the canonical JSON of the body without `evaluated_at`."""
+    content = body.model_dump(mode="json", exclude={"evaluated_at"})
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return '"' + hashlib.sha256(canonical.encode()).hexdigest()[:32] + '"'
+
+
+def none_match_hits(if_none_match: str | None, etag: str) -> bool:
+    """Whether `If-None-Match` names the current representation (RFC 9110 section 13.1.2).
+
+    Weak comparison, as the RFC requires for this header: `W/"x"` matches `"x"`. `*`
+    matches any current representation. A malformed header matches nothing, so the
+    client gets the full answer rather than a 304 it cannot explain.
+    """
+    if if_none_match is None:
+        return False
+    value = if_none_match.strip()
+    if value == "*":
+        return True
+    opaque = etag.removeprefix("W/")
+    position = 0
+    while True:
+        separators = _SEPARATORS.match(value, position)
+        position = separators.end() if separators is not None else position
+        if position == len(value):
+            return False
+        match = _ENTITY_TAG.match(value, position)
+        if match is None:
+            return False
+        if f'"{match.group(1)}"' == opaque:
+            return True
+        position = match.end()
