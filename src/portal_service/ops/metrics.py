@@ -11,11 +11,15 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    disable_created_metrics,
     multiprocess,
 )
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# The `*_created` companion series double the output and nobody alerts on them.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus-client
 
 WEBHOOK_EVENTS = Counter(
     "portal_webhook_events",
