@@ -115,7 +115,11 @@ def openapi(
 @app.command()
 def replay(
     status: Annotated[
-        str, typer.Option(help="Replay the events in this status (failed, pending, ...).")
+        str,
+        typer.Option(
+            help="Replay the events in this status (failed, pending, ...); `failed` "
+            "includes events left pending for over 60 s (a crashed delivery)."
+        ),
     ] = "failed",
     event: Annotated[
         list[str] | None,

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mirror.stripe_payloads import customer, subscription
 from portal_service.db import create_sessionmaker, utcnow
+from portal_service.mirror.replay import events_to_replay
 from portal_service.mirror.tables import StripeEvent, Subscription, SubscriptionItem
 from support import admin_headers, deliver, make_event
 
@@ -138,3 +139,58 @@ class TestPendingEvents:
         response = await deliver(client, event)
         assert response.json()["status"] == "processed"
         assert (await rows.event(event["id"])).status == "processed"
+
+    async def test_failed_selection_includes_events_stuck_pending(
+        self, client: httpx.AsyncClient, engine: AsyncEngine
+    ) -> None:
+        # `portal-service replay --status failed` is how ops recover after a crash.
+        stuck, fresh, failed = (
+            make_event("customer.updated", customer(f"cus_{n}"), created=T0 + n) for n in range(3)
+        )
+        for event in (stuck, fresh, failed):
+            await deliver(client, event)
+        await set_event(
+            engine, stuck["id"], status="pending", received_at=utcnow() - timedelta(seconds=61)
+        )
+        await set_event(engine, fresh["id"], status="pending", received_at=utcnow())
+        await set_event(engine, failed["id"], status="failed")
+        sessionmaker = create_sessionmaker(engine)
+        assert await events_to_replay(sessionmaker, status="failed") == [stuck["id"], failed["id"]]
+        assert await events_to_replay(sessionmaker, status="pending") == [
+            stuck["id"],
+            fresh["id"],
+        ]
+
+    async def test_failed_events_gauge_counts_events_stuck_pending(
+        self, client: httpx.AsyncClient, engine: AsyncEngine
+    ) -> None:
+        stuck, fresh = (
+            make_event("customer.updated", customer(f"cus_{n}"), created=T0 + n) for n in range(2)
+        )
+        for event in (stuck, fresh):
+            await deliver(client, event)
+        await set_event(
+            engine, stuck["id"], status="pending", received_at=utcnow() - timedelta(seconds=61)
+        )
+        await set_event(engine, fresh["id"], status="pending", received_at=utcnow())
+        await client.get("/metrics")
+        assert REGISTRY.get_sample_value("portal_webhook_failed_events") == 1
+
+
+@pytest.mark.sqlite
+class TestUnrecordableEvents:
+    @pytest.mark.parametrize(
+        "field",
+        [pytest.param("api_version", id="api_version"), pytest.param("account", id="account")],
+    )
+    async def test_fields_too_long_to_record_are_invalid_payload(
+        self, client: httpx.AsyncClient, rows: Any, field: str
+    ) -> None:
+        # Refused up front: once the database refused the row, every redelivery would
+        # fail the same way and the event would never be recorded.
+        event = make_event("customer.updated", customer(), created=T0)
+        event[field] = "x" * 300
+        response = await deliver(client, event)
+        assert response.status_code == 400
+        assert response.json()["code"] == "invalid_payload"
+        assert await rows.get(StripeEvent, event["id"]) is None

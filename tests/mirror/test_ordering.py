@@ -24,6 +24,7 @@ from mirror.stripe_payloads import (
 from portal_service.mirror.tables import (
     Customer,
     Entitlement,
+    EntitlementSummary,
     Invoice,
     PortalSession,
     StripeEvent,
@@ -394,3 +395,172 @@ class TestOfflineTies:
         statuses = {(await rows.event(e["id"])).status for e in (first, second)}
         assert statuses == {"processed"}
         assert await rows.count(StripeEvent) == 2
+
+
+class TestTiesOfAnotherMode:
+    """What a re-fetch writes keeps the event's mode, and a tie Stripe cannot be asked about
+    with this key is settled like offline mode (DESIGN.md section 4 item 4)."""
+
+    async def test_live_entitlement_refetch_stays_in_live_mode(
+        self, stripe_client: Callable[..., Any], rows: Any, stripe_mock: respx.MockRouter
+    ) -> None:
+        listing = {
+            "object": "list",
+            "url": "/v1/entitlements/active_entitlements",
+            "has_more": False,
+            "data": [
+                {
+                    "id": "ent_9",
+                    "object": "entitlements.active_entitlement",
+                    "feature": "feat_sso",
+                    "livemode": True,
+                    "lookup_key": "sso",
+                }
+            ],
+        }
+        route = stripe_mock.get("/v1/entitlements/active_entitlements").respond(
+            200, json=listing, headers={"Date": http_date(T0 + 1)}
+        )
+        kind = "entitlements.active_entitlement_summary.updated"
+        first, second = (
+            {**entitlement_summary("cus_1", key), "livemode": True} for key in ("seats", "audit")
+        )
+        async with stripe_client(stripe_api_key="sk_live_123") as client:
+            await send(client, make_event(kind, first, created=T0, livemode=True))
+            response = await send(client, make_event(kind, second, created=T0, livemode=True))
+        assert response.json()["status"] == "processed"
+        assert route.call_count == 1
+        (only,) = await rows.all(Entitlement)
+        assert (only.lookup_key, only.livemode) == ("sso", True)
+        assert (await rows.get(EntitlementSummary, "cus_1")).livemode is True
+
+    async def test_live_customer_refetched_as_deleted_stays_in_live_mode(
+        self, stripe_client: Callable[..., Any], rows: Any, stripe_mock: respx.MockRouter
+    ) -> None:
+        # Stripe answers a retrieve of a deleted customer with a stub that has no livemode.
+        stripe_mock.get("/v1/customers/cus_1").respond(
+            200,
+            json={"id": "cus_1", "object": "customer", "deleted": True},
+            headers={"Date": http_date(T0 + 1)},
+        )
+        async with stripe_client(stripe_api_key="sk_live_123") as client:
+            for name in ("Ada", "Grace"):
+                await send(
+                    client,
+                    make_event(
+                        "customer.updated",
+                        customer(name=name, livemode=True),
+                        created=T0,
+                        livemode=True,
+                    ),
+                )
+        row = await rows.get(Customer, "cus_1")
+        assert (row.deleted, row.livemode) == (True, True)
+
+    async def test_accepted_other_mode_tie_is_settled_without_stripe(
+        self, stripe_client: Callable[..., Any], rows: Any, stripe_mock: respx.MockRouter
+    ) -> None:
+        # A test key cannot see live objects: asking Stripe would answer 404 and tombstone
+        # a live subscription that exists.
+        stripe_mock.get("/v1/subscriptions/sub_1").respond(
+            404,
+            json={"error": {"type": "invalid_request_error", "code": "resource_missing"}},
+        )
+        events = [
+            make_event(
+                "customer.subscription.updated",
+                subscription(livemode=True, metadata={"v": v}),
+                created=T0,
+                livemode=True,
+            )
+            for v in ("1", "2")
+        ]
+        async with stripe_client(accept_other_mode_events=True) as client:
+            answers = [(await send(client, event)).json()["status"] for event in events]
+        assert answers == ["processed", "processed"]
+        assert not stripe_mock.calls
+        row = await rows.get(Subscription, "sub_1")
+        assert (row.deleted, row.raw["metadata"], row.livemode) == (False, {"v": "2"}, True)
+
+
+class TestEventDuringRefetch:
+    """A re-fetch stamped in the same second as an event applied while Stripe was being
+    asked: which is newer is unknown, so the fetch may not overwrite the event."""
+
+    async def test_fetch_older_than_a_same_second_event_does_not_undo_it(
+        self, stripe_client: Callable[..., Any], rows: Any, stripe_mock: respx.MockRouter
+    ) -> None:
+        during = sub_event(created=T0 + 3, status="active", metadata={"v": "during"})
+        answers = [
+            # Served before `during` happened, in the same second.
+            subscription(status="past_due", metadata={"v": "before"}),
+            subscription(status="active", metadata={"v": "during"}),
+        ]
+        applied_during: list[str] = []
+
+        async def stripe_answers(request: httpx.Request) -> httpx.Response:
+            if not applied_during:
+                # The event arrives while the tie's re-fetch is in flight: this also
+                # proves nothing is locked across the Stripe call (it would deadlock).
+                applied_during.append((await send(client, during)).json()["status"])
+            body = answers.pop(0)
+            return httpx.Response(200, json=body, headers={"Date": http_date(T0 + 3)})
+
+        route = stripe_mock.get("/v1/subscriptions/sub_1")
+        route.side_effect = stripe_answers
+        async with stripe_client() as client:
+            await send(client, sub_event(created=T0, metadata={"v": "1"}))
+            tie = await send(client, sub_event(created=T0, metadata={"v": "2"}))
+        assert applied_during == ["processed"]
+        assert tie.json()["status"] == "processed"
+        row = await rows.get(Subscription, "sub_1")
+        assert (row.status, row.raw["metadata"]) == ("active", {"v": "during"})
+
+    async def test_fetch_made_after_the_tie_was_seen_settles_it_in_its_second(
+        self, stripe_client: Callable[..., Any], rows: Any, stripe_mock: respx.MockRouter
+    ) -> None:
+        # Nothing moved while Stripe was asked: its answer is newer than the row even
+        # though it is stamped with the events' own second.
+        route = stripe_mock.get("/v1/subscriptions/sub_1").respond(
+            200, json=subscription(status="past_due"), headers={"Date": http_date(T0)}
+        )
+        async with stripe_client() as client:
+            await send(client, sub_event(created=T0, metadata={"v": "1"}))
+            await send(client, sub_event(created=T0, metadata={"v": "2"}))
+        assert route.call_count == 1
+        row = await rows.get(Subscription, "sub_1")
+        assert (row.status, row.source_ts, row.source_event_id) == ("past_due", utc(T0), None)
+
+    async def test_tie_left_open_by_every_answer_fails_until_redelivered(
+        self, stripe_client: Callable[..., Any], rows: Any, stripe_mock: respx.MockRouter
+    ) -> None:
+        calls = 0
+
+        async def stripe_answers(request: httpx.Request) -> httpx.Response:
+            nonlocal calls
+            calls += 1
+            # During every fetch, a change lands in the very second Stripe answers in.
+            second = T0 + 2 + calls
+            during = sub_event(created=second, metadata={"v": f"during-{calls}"})
+            assert (await send(client, during)).json()["status"] == "processed"
+            body = subscription(status="past_due", metadata={"v": "stripe"})
+            return httpx.Response(200, json=body, headers={"Date": http_date(second)})
+
+        stripe_mock.get("/v1/subscriptions/sub_1").side_effect = stripe_answers
+        tie = sub_event(created=T0, metadata={"v": "2"})
+        async with stripe_client() as client:
+            await send(client, sub_event(created=T0, metadata={"v": "1"}))
+            failed = await send(client, tie)
+            recorded = await rows.event(tie["id"])
+            retried = await send(client, tie)
+        assert (failed.status_code, failed.json()["code"]) == (500, "apply_failed")
+        assert (recorded.status, recorded.last_error.split(":")[0]) == (
+            "failed",
+            "RefetchUnsettled",
+        )
+        assert calls == 3
+        row = await rows.get(Subscription, "sub_1")
+        assert (row.raw["metadata"], row.source_ts) == ({"v": "during-3"}, utc(T0 + 5))
+        # By the redelivery the row has moved past the tie: it is stale, and settled.
+        assert retried.json()["status"] == "stale"
+        assert (await rows.event(tie["id"])).status == "processed"

@@ -326,6 +326,19 @@ class TestEventRecording:
         assert "url" not in recorded.payload["data"]["object"]
         assert session_row.raw["return_url"] == "https://app.example.com/account"
 
+    async def test_session_url_is_dropped_even_without_an_object_key(
+        self, client: httpx.AsyncClient, rows: Any
+    ) -> None:
+        obj = portal_session()
+        del obj["object"]
+        event = make_event("billing_portal.session.created", obj)
+        assert (await deliver(client, event)).json()["status"] == "processed"
+        recorded = await rows.event(event["id"])
+        session_row = await rows.get(PortalSession, "bps_1")
+        for stored in (recorded.payload, session_row.raw):
+            assert SESSION_URL not in json.dumps(stored)
+        assert session_row.locale == "fr"
+
 
 class TestWebhookMetrics:
     async def test_results_are_counted_by_type(self, client: httpx.AsyncClient) -> None:

@@ -3,22 +3,25 @@ aggregated across worker processes in prometheus-client's multiprocess mode."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import pytest
 from fastapi import Path as PathParam
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from portal_service import migrations
 from portal_service.config import Settings
-from portal_service.db import utcnow
+from portal_service.db import create_engine, create_sessionmaker, utcnow
 from portal_service.main import create_app
 from portal_service.mirror.tables import StripeEvent
 
@@ -127,7 +130,7 @@ class TestMetricsEndpoint:
         now = utcnow()
         for event_id, status, age in [
             ("evt_failed", "failed", 600),
-            ("evt_pending", "pending", 120),
+            ("evt_pending", "pending", 30),  # in flight: not failed yet (DESIGN.md 4.3)
             ("evt_done", "processed", 3600),
         ]:
             db.add(
@@ -205,3 +208,36 @@ class TestMultiprocessMetrics:
         assert sample(text, "portal_http_requests_total", **labels) == 3
         assert sample(text, "portal_webhook_failed_events") == 0
         assert list(metrics_dir.glob("counter_*.db")), "no multiprocess files were written"
+
+
+@pytest.mark.sqlite
+class TestMetricsUnderLoad:
+    async def test_scrape_reads_the_gauges_while_a_sqlite_writer_holds_the_lock(
+        self, client_factory: Callable[..., Any], tmp_path: Path
+    ) -> None:
+        # The gauges are a read: a scrape must not queue for SQLite's write lock (for up to
+        # busy_timeout, 30 s) while a webhook is being applied.
+        url = f"sqlite+aiosqlite:///{tmp_path / 'busy.db'}"
+        await migrations.upgrade_async(url)
+        engine = create_engine(url)
+        try:
+            async with create_sessionmaker(engine)() as session:
+                session.add(
+                    StripeEvent(
+                        id="evt_failed",
+                        type="customer.updated",
+                        created=utcnow(),
+                        payload={"id": "evt_failed"},
+                        status="failed",
+                    )
+                )
+                await session.commit()
+            async with engine.connect() as writer:
+                await writer.execute(text("DELETE FROM customers"))  # takes the lock
+                async with client_factory(database_url=url) as client:
+                    scrape = await asyncio.wait_for(client.get("/metrics"), timeout=10)
+                await writer.rollback()
+        finally:
+            await engine.dispose()
+        assert scrape.status_code == 200
+        assert sample(scrape.text, "portal_webhook_failed_events") == 1

@@ -8,6 +8,7 @@ apply") share this path, so the ordering rules hold whoever writes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,7 +16,7 @@ from enum import StrEnum
 from typing import Any, Literal, cast, get_args
 
 from pydantic import BaseModel
-from sqlalchemy import Table, delete, select
+from sqlalchemy import Executable, Select, Table, bindparam, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -57,6 +58,10 @@ class Outcome(StrEnum):
     REFETCH = "refetch"  # a same-second tie only Stripe can settle: nothing written
 
 
+Watermark = tuple[datetime | None, str | None]
+"""A row's `(source_ts, source_event_id)`."""
+
+
 @dataclass(frozen=True, slots=True)
 class Source:
     """Where a state comes from: an event (`created`, its id) or a fetch (Stripe's Date, no id)."""
@@ -65,9 +70,13 @@ class Source:
     event_id: str | None
     livemode: bool
     account: str = ""
-    # Offline mode has no Stripe to ask: a tie that the payloads cannot settle applies
-    # the event (a tombstone still wins, DESIGN.md section 4 item 4).
+    # No Stripe to ask (offline mode, or an event of the other mode, which this key cannot
+    # read): a tie that the payloads cannot settle applies the event (a tombstone still
+    # wins, DESIGN.md section 4 item 4).
     settle_ties_locally: bool = False
+    # For a fetch: the row's watermark read before the fetch was made. A row still at it
+    # has seen nothing newer than Stripe's answer, even an event from the same second.
+    supersedes: Watermark | None = None
 
     @property
     def fetched(self) -> bool:
@@ -306,9 +315,21 @@ def _decide(
     rank_row = _rank(kind, row.status, row.deleted)
     if rank_in is not None and rank_row is not None and rank_in != rank_row:
         return Outcome.APPLIED if rank_in > rank_row else Outcome.STALE
-    # Nothing better to ask: a fetch is already Stripe's latest answer, offline mode has no
-    # Stripe, and portal sessions cannot be retrieved. The later arrival wins.
-    if source.fetched or source.settle_ties_locally or not PROJECTIONS[kind].refetchable:
+    if source.fetched:
+        # A fetch against an event of its own second: Stripe served it either before or
+        # after that event happened. It wins only over a row that has not moved since
+        # before the fetch was made (or was itself written by a fetch); otherwise the
+        # event stays, since any change after it has an event of its own on the way,
+        # and the caller may fetch again to settle the tie.
+        if row.source_event_id is None or source.supersedes == (
+            row.source_ts,
+            row.source_event_id,
+        ):
+            return Outcome.APPLIED
+        return Outcome.REFETCH
+    # Nothing better to ask: Stripe cannot be asked (settle_ties_locally), or portal
+    # sessions cannot be retrieved. The later arrival wins.
+    if source.settle_ties_locally or not PROJECTIONS[kind].refetchable:
         return Outcome.APPLIED
     return Outcome.REFETCH
 
@@ -317,22 +338,34 @@ def _incoming(kind: MirrorKind, obj: dict[str, Any], action: Action) -> _Incomin
     projection = PROJECTIONS[kind]
     model = projection.parse(obj)
     deleted = action == "delete" or bool(getattr(model, "deleted", False))
+    raw = redact_session_urls(obj)
+    if kind == "billing_portal.session":
+        # Known to be a session even if the object forgot its `object` key.
+        raw.pop("url", None)
     return _Incoming(
         model=model,
         action="delete" if deleted else action,
-        raw=redact_session_urls(obj),
+        raw=raw,
         status=projection.status(model),
         deleted=deleted,
         stub=deleted and set(obj) <= _STUB_KEYS,
     )
 
 
-async def _current_row(session: AsyncSession, kind: MirrorKind, object_id: str) -> _RowState | None:
+@functools.cache
+def _row_query(kind: MirrorKind) -> Select[Any]:
+    # Built once per kind: constructing and cache-keying a statement costs more CPU than
+    # the round trip it makes (bench/README.md).
     table = PROJECTIONS[kind].table
-    status = table.c.status if "status" in table.c else None
     columns = [table.c.source_ts, table.c.source_event_id, table.c.deleted, table.c.raw]
-    query = select(*columns, *([status.label("status")] if status is not None else []))
-    row = (await session.execute(query.where(table.c.id == object_id))).one_or_none()
+    if "status" in table.c:
+        columns.append(table.c.status)
+    return select(*columns).where(table.c.id == bindparam("object_id"))
+
+
+async def _current_row(session: AsyncSession, kind: MirrorKind, object_id: str) -> _RowState | None:
+    result = await session.execute(_row_query(kind), {"object_id": object_id})
+    row = result.one_or_none()
     if row is None:
         return None
     return _RowState(
@@ -340,28 +373,53 @@ async def _current_row(session: AsyncSession, kind: MirrorKind, object_id: str) 
         source_event_id=row.source_event_id,
         deleted=row.deleted,
         raw=row.raw,
-        status=row.status if status is not None else None,
+        status=row._mapping.get("status"),
     )
+
+
+async def watermark(session: AsyncSession, kind: MirrorKind, object_id: str) -> Watermark | None:
+    """The row's `(source_ts, source_event_id)`, None when there is no row."""
+    row = await _current_row(session, kind, object_id)
+    return None if row is None else (row.source_ts, row.source_event_id)
+
+
+@functools.cache
+def _upsert_statement(
+    dialect: str, table: Table, columns: tuple[str, ...], insert_only: frozenset[str]
+) -> Executable:
+    # INSERT .. ON CONFLICT DO UPDATE rather than read-then-write: writers that do not
+    # take the object lock (POST /portal-sessions recording its session) cannot make
+    # this fail with a duplicate key. One statement per table and column set, built once;
+    # the values travel as parameters.
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    statement = insert(table)
+    updates = {
+        name: statement.excluded[name]
+        for name in columns
+        if name != "id" and name not in insert_only
+    }
+    return statement.on_conflict_do_update(index_elements=["id"], set_=updates)
 
 
 async def _upsert(
     session: AsyncSession,
     table: Table,
-    values: dict[str, Any],
+    rows: list[dict[str, Any]],
     *,
     insert_only: frozenset[str] = frozenset(),
 ) -> None:
-    # INSERT .. ON CONFLICT DO UPDATE rather than read-then-write: writers that do not
-    # take the object lock (POST /portal-sessions recording its session) cannot make
-    # this fail with a duplicate key.
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    statement = insert(table).values(values)
-    updates = {
-        name: statement.excluded[name]
-        for name in values
-        if name != "id" and name not in insert_only
-    }
-    await session.execute(statement.on_conflict_do_update(index_elements=["id"], set_=updates))
+    """Upsert rows: one statement execution per distinct column set (executemany, which
+    asyncpg pipelines into one round trip)."""
+    dialect = session.get_bind().dialect.name
+    # One row per id (the last one wins, as one statement per row did): a batch naming an
+    # id twice is an error for ON CONFLICT DO UPDATE.
+    unique = {values["id"]: values for values in rows}
+    batches: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for values in unique.values():
+        batches.setdefault(tuple(sorted(values)), []).append(values)
+    for columns, batch in batches.items():
+        statement = _upsert_statement(dialect, table, columns, insert_only)
+        await session.execute(statement, batch[0] if len(batch) == 1 else batch)
 
 
 def _common(
@@ -404,7 +462,7 @@ async def _write(
     if kind == "customer" and deleted:
         # customer.deleted unlinks the app user (they get a new customer next time).
         values["app_user_id"] = None
-    await _upsert(session, projection.table, values, insert_only=projection.insert_only)
+    await _upsert(session, projection.table, [values], insert_only=projection.insert_only)
     if incoming.stub:
         return
     if kind == "subscription":
@@ -423,11 +481,25 @@ def _children_raw(raw: dict[str, Any], key: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+_ITEMS = _table(tables.SubscriptionItem)
+_ITEMS_LEFT_OUT = delete(_ITEMS).where(
+    _ITEMS.c.subscription_id == bindparam("parent"),
+    _ITEMS.c.id.not_in(bindparam("keep", expanding=True)),
+)
+_ENTITLEMENTS = _table(tables.Entitlement)
+_ENTITLEMENTS_LEFT_OUT = delete(_ENTITLEMENTS).where(
+    _ENTITLEMENTS.c.customer_id == bindparam("parent"),
+    _ENTITLEMENTS.c.account == bindparam("account"),
+    _ENTITLEMENTS.c.id.not_in(bindparam("keep", expanding=True)),
+)
+"""Children a payload no longer lists: deleted when the payload holds the whole set."""
+
+
 async def _replace_items(
     session: AsyncSession, subscription: sm.Subscription, raw: dict[str, Any], source: Source
 ) -> None:
-    table = _table(tables.SubscriptionItem)
     items_raw = _children_raw(raw, "items")
+    rows: list[dict[str, Any]] = []
     for item in subscription.items.data:
         price = item.price
         recurring = price.recurring if price is not None else None
@@ -446,14 +518,13 @@ async def _replace_items(
         )
         if item.created is not None:
             values["stripe_created"] = item.created
-        await _upsert(session, table, values)
+        rows.append(values)
+    await _upsert(session, _ITEMS, rows)
     # The payload's item list is the whole set unless Stripe truncated it (has_more):
     # then removing what is missing would drop items that still exist.
     if not subscription.items.has_more:
         keep = [item.id for item in subscription.items.data]
-        await session.execute(
-            delete(table).where(table.c.subscription_id == subscription.id, table.c.id.not_in(keep))
-        )
+        await session.execute(_ITEMS_LEFT_OUT, {"parent": subscription.id, "keep": keep})
 
 
 async def _replace_entitlements(
@@ -462,8 +533,8 @@ async def _replace_entitlements(
     raw: dict[str, Any],
     source: Source,
 ) -> None:
-    table = _table(tables.Entitlement)
     entitlements_raw = _children_raw(raw, "entitlements")
+    rows: list[dict[str, Any]] = []
     for entitlement in summary.entitlements.data:
         values = _common(
             entitlement.id, source, deleted=False, raw=entitlements_raw.get(entitlement.id)
@@ -473,15 +544,13 @@ async def _replace_entitlements(
             feature_id=entitlement.feature,
             lookup_key=entitlement.lookup_key,
         )
-        await _upsert(session, table, values)
+        rows.append(values)
+    await _upsert(session, _ENTITLEMENTS, rows)
     if not summary.entitlements.has_more:
         keep = [entitlement.id for entitlement in summary.entitlements.data]
         await session.execute(
-            delete(table).where(
-                table.c.customer_id == summary.customer,
-                table.c.account == source.account,
-                table.c.id.not_in(keep),
-            )
+            _ENTITLEMENTS_LEFT_OUT,
+            {"parent": summary.customer, "account": source.account, "keep": keep},
         )
 
 
@@ -512,23 +581,31 @@ async def apply_fetched(
     fetched_at: datetime,
     *,
     account: str = "",
+    livemode: bool = False,
+    supersedes: Watermark | None = None,
 ) -> Outcome:
     """Apply an object read from Stripe (a re-fetch, sync, or the portal's fetch-once),
     stamped with Stripe's `Date` of that read floored to the second, so an older event
     arriving later cannot roll it back and one from the same second ties with it.
 
+    `livemode` is the mode of the key that read it, used when the object does not say
+    (a deleted customer's stub, an entitlement listing shaped into a summary).
+    `supersedes`: the row's `watermark()` read before the fetch was made, if known.
     Takes the object's lock itself and writes in the caller's transaction (no commit).
     Call it after the Stripe request has returned, never around it. Returns APPLIED,
-    NOOP or STALE (the mirror already holds a newer or final state).
+    NOOP, STALE (the mirror already holds a newer or final state) or REFETCH (an event
+    from the fetch's own second reached the row meanwhile, and may be newer: nothing
+    written; fetch again, passing the row's watermark now, to settle it).
     """
     object_id = object_id_of(kind, obj)
     await lock_object(session, account=account, kind=kind, object_id=object_id)
-    livemode = obj.get("livemode")
+    stated = obj.get("livemode")
     source = Source(
         ts=floor_second(fetched_at),
         event_id=None,
-        livemode=livemode if isinstance(livemode, bool) else False,
+        livemode=stated if isinstance(stated, bool) else livemode,
         account=account,
+        supersedes=supersedes,
     )
     return await apply_object(session, kind, obj, source=source)
 
@@ -541,10 +618,18 @@ async def apply_missing(
     *,
     account: str = "",
     livemode: bool = False,
+    supersedes: Watermark | None = None,
 ) -> Outcome:
-    """Stripe answered 404 for the object: tombstone its row (taking the lock)."""
+    """Stripe answered 404 for the object: tombstone its row (taking the lock). Outcomes
+    as for `apply_fetched`."""
     await lock_object(session, account=account, kind=kind, object_id=object_id)
-    source = Source(ts=floor_second(fetched_at), event_id=None, livemode=livemode, account=account)
+    source = Source(
+        ts=floor_second(fetched_at),
+        event_id=None,
+        livemode=livemode,
+        account=account,
+        supersedes=supersedes,
+    )
     stub = {"customer": object_id} if kind == ENTITLEMENT_SUMMARY else {"id": object_id}
     if kind == ENTITLEMENT_SUMMARY:
         # No entitlements left is an empty set, not a deletion.

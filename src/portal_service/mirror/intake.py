@@ -1,17 +1,20 @@
 """Webhook intake: read and verify the body, record the event, apply it (DESIGN.md sections 3, 4).
 
 Record-then-apply in one transaction per event: the event row is inserted (ON CONFLICT DO
-NOTHING), the object's lock taken, and the apply runs inside a savepoint. If the apply
-fails, the savepoint is rolled back and the event committed as `failed`: the row is
+NOTHING) already marked `processed`, the object's lock taken by that same statement, and
+the apply runs inside a savepoint; the commit makes row and apply durable together. If the
+apply fails, the savepoint is rolled back and the event committed as `failed`: the row is
 durable whatever the apply does, and a redelivery (or replay) applies it again.
 
 A same-second tie that only Stripe can settle is the one case with two transactions: the
 event is committed (`pending`), the transaction and lock released, Stripe asked, and the
-answer applied under the lock in a second transaction.
+answer applied under the lock in a second transaction (asked again if an event of the
+answer's own second reached the object meanwhile).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -20,7 +23,7 @@ from typing import Any, Literal
 
 from fastapi import Request
 from pydantic import ValidationError
-from sqlalchemy import Table, select, update
+from sqlalchemy import ColumnElement, Executable, Table, and_, bindparam, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
@@ -43,12 +46,14 @@ from portal_service.mirror.apply import (
     MirrorKind,
     Outcome,
     Source,
+    Watermark,
     apply_fetched,
     apply_missing,
     apply_object,
     object_id_of,
+    watermark,
 )
-from portal_service.mirror.locks import lock_object
+from portal_service.mirror.locks import lock_call, lock_key, lock_object
 from portal_service.mirror.schemas import EventStatus, WebhookStatus
 from portal_service.mirror.signatures import InvalidSignatureError, verify_signature
 from portal_service.mirror.stripe_models import Event, redact_session_urls
@@ -62,7 +67,11 @@ ReplayOutcome = Literal["processed", "ignored", "stale"]
 # A `pending` row younger than this is being applied by another delivery right now (it
 # is waiting on Stripe to settle a tie); older, its process died and it counts as failed.
 IN_FLIGHT = timedelta(seconds=60)
-_MAX_ID_LENGTH = 255  # the width of stripe_events.id and .type
+# Re-fetches of one tie: more are needed only while events of the answers' own second
+# keep arriving, which ends when Stripe's clock moves on.
+_REFETCH_ATTEMPTS = 3
+_MAX_ID_LENGTH = 255  # the width of stripe_events.id, .type and .account
+_MAX_API_VERSION_LENGTH = 64  # the width of stripe_events.api_version
 _MAX_ERROR_LENGTH = 500
 
 
@@ -72,6 +81,11 @@ class ApplyFailed(DomainError):
     default_detail = (
         "The event was recorded but could not be applied; a redelivery or a replay applies it."
     )
+
+
+class RefetchUnsettled(Exception):
+    """Each answer from Stripe came in the second of an event that reached the row while
+    Stripe was being asked: the tie stays open until a redelivery or replay."""
 
 
 class EventInProgress(DomainError):
@@ -138,6 +152,15 @@ def _check_ids(event_id: Any, event_type: Any) -> tuple[str, str]:
     return event_id, event_type
 
 
+def _check_widths(account: str, api_version: str | None) -> None:
+    # Refused here rather than by the database: a row the database refuses is never
+    # recorded, and every redelivery would fail the same way.
+    if len(account) > _MAX_ID_LENGTH:
+        raise InvalidPayload("The body is not a Stripe event: bad account.")
+    if api_version is not None and len(api_version) > _MAX_API_VERSION_LENGTH:
+        raise InvalidPayload("The body is not a Stripe event: bad api_version.")
+
+
 def _thin_event(data: dict[str, Any]) -> Received:
     # v2 "thin" events carry a reference, not an object, and an ISO `created`: recorded
     # and acknowledged, never projected.
@@ -150,12 +173,14 @@ def _thin_event(data: dict[str, Any]) -> Received:
     if created is None or created.utcoffset() is None:
         raise InvalidPayload("The thin event has no valid `created` time.")
     context = data.get("context")
+    account = context if isinstance(context, str) else ""
+    _check_widths(account, None)
     return Received(
         id=event_id,
         type=event_type,
         created=created,
         livemode=data.get("livemode") is True,
-        account=context if isinstance(context, str) else "",
+        account=account,
         api_version=None,
         payload=redact_session_urls(data),
         event=None,
@@ -185,6 +210,7 @@ def received_from(data: dict[str, Any]) -> Received:
         fields = ", ".join(sorted({str(e["loc"][0]) for e in exc.errors() if e["loc"]}))
         raise InvalidPayload(f"The body is not a Stripe event: invalid {fields}.") from exc
     _check_ids(event.id, event.type)
+    _check_widths(event.account, event.api_version)
     return Received(
         id=event.id,
         type=event.type,
@@ -213,68 +239,113 @@ def _events_table() -> Table:
     return table
 
 
+def _lock_event_statement(*, with_payload: bool) -> Executable:
+    events = _events_table()
+    columns = [events.c.status, events.c.received_at]
+    if with_payload:
+        columns.append(events.c.payload)
+    return select(*columns).where(events.c.id == bindparam("event_id")).with_for_update()
+
+
+_LOCK_EVENT = _lock_event_statement(with_payload=False)
+_LOCK_EVENT_WITH_PAYLOAD = _lock_event_statement(with_payload=True)
+
+
 @dataclass(frozen=True, slots=True)
 class _EventState:
     status: str
     received_at: datetime
-    payload: dict[str, Any]
+    payload: dict[str, Any] | None
 
 
-async def _insert_event(session: AsyncSession, received: Received, *, status: EventStatus) -> bool:
-    """Record the event; False when a row with its id already exists."""
+@functools.cache
+def _insert_statement(dialect: str, *, locking: bool) -> Executable:
     events = _events_table()
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    statement = insert(events).on_conflict_do_nothing(index_elements=["id"])
+    if locking:
+        # The object's lock rides on the insert (RETURNING runs only for an inserted row,
+        # after it is written): one round trip less per event, and the same order as
+        # before, event row first, then the object. The apply's reads are later
+        # statements, so under READ COMMITTED they see whatever the previous holder
+        # of the lock committed.
+        return statement.returning(events.c.id, lock_call())
+    return statement.returning(events.c.id)
+
+
+async def _insert_event(
+    session: AsyncSession, received: Received, *, status: EventStatus, lock: int | None
+) -> bool:
+    """Record the event, holding the object's lock `lock` if inserted (PostgreSQL); False
+    when a row with its id already exists (then nothing is locked)."""
     now = utcnow()
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    statement = (
-        insert(events)
-        .values(
-            id=received.id,
-            type=received.type,
-            api_version=received.api_version,
-            created=received.created,
-            livemode=received.livemode,
-            account=received.account,
-            payload=received.payload,
-            received_at=now,
-            status=status,
-            attempts=0,
-            processed_at=now if status == "ignored" else None,
-        )
-        .on_conflict_do_nothing(index_elements=["id"])
-        .returning(events.c.id)
-    )
-    return (await session.execute(statement)).first() is not None
+    values: dict[str, Any] = {
+        "id": received.id,
+        "type": received.type,
+        "api_version": received.api_version,
+        "created": received.created,
+        "livemode": received.livemode,
+        "account": received.account,
+        "payload": received.payload,
+        "received_at": now,
+        "status": status,
+        # A `processed` row is written as the apply's outcome in advance, in the
+        # transaction that applies it: the commit makes both durable or neither, and
+        # `_apply` rewrites the row when the apply fails or must wait on Stripe.
+        "attempts": 1 if status == "processed" else 0,
+        "processed_at": now if status in ("processed", "ignored") else None,
+    }
+    if lock is not None:
+        values["lock_key"] = lock
+    dialect = session.get_bind().dialect.name
+    statement = _insert_statement(dialect, locking=lock is not None)
+    return (await session.execute(statement, values)).first() is not None
 
 
-async def _lock_event(session: AsyncSession, event_id: str) -> _EventState | None:
+async def _lock_event(
+    session: AsyncSession, event_id: str, *, with_payload: bool = False
+) -> _EventState | None:
     # FOR UPDATE serialises deliveries and replays of one event on PostgreSQL; SQLite's
-    # BEGIN IMMEDIATE already did.
-    events = _events_table()
-    row = (
-        await session.execute(
-            select(events.c.status, events.c.received_at, events.c.payload)
-            .where(events.c.id == event_id)
-            .with_for_update()
-        )
-    ).one_or_none()
+    # BEGIN IMMEDIATE already did. The payload is read only when it is needed (replay).
+    statement = _LOCK_EVENT_WITH_PAYLOAD if with_payload else _LOCK_EVENT
+    row = (await session.execute(statement, {"event_id": event_id})).one_or_none()
     if row is None:
         return None
-    return _EventState(status=row.status, received_at=row.received_at, payload=row.payload)
+    payload = row.payload if with_payload else None
+    return _EventState(status=row.status, received_at=row.received_at, payload=payload)
 
 
 async def _finish(
-    session: AsyncSession, event_id: str, status: EventStatus, *, error: str | None = None
+    session: AsyncSession,
+    event_id: str,
+    status: EventStatus,
+    *,
+    error: str | None = None,
+    attempts: int = 1,
 ) -> None:
+    """Set the event's status; `attempts` is added to its count (0 when the insert counted
+    this attempt already, -1 to take that back while it waits on Stripe)."""
     events = _events_table()
     values: dict[str, Any] = {"status": status}
     if status == "ignored":
         values["processed_at"] = utcnow()
     else:
-        values["attempts"] = events.c.attempts + 1
+        if attempts:
+            values["attempts"] = events.c.attempts + attempts
         values["processed_at"] = utcnow() if status == "processed" else None
     if error is not None:
         values["last_error"] = error
     await session.execute(update(events).where(events.c.id == event_id).values(values))
+
+
+def awaiting_retry(now: datetime) -> ColumnElement[bool]:
+    """Recorded events not applied yet that nothing is working on: `failed` ones, and
+    `pending` ones older than IN_FLIGHT (their process died), which count as failed."""
+    events = _events_table()
+    return or_(
+        events.c.status == "failed",
+        and_(events.c.status == "pending", events.c.received_at < now - IN_FLIGHT),
+    )
 
 
 def _count(event_type: str, result: str) -> None:
@@ -297,6 +368,22 @@ _RETRIEVABLE: dict[MirrorKind, ObjectKind] = {
 class _Refetch:
     route: EventRoute
     object_id: str
+    # The row's watermark when the tie was seen: Stripe's answer is newer than it.
+    seen: Watermark | None
+
+
+def _lock_for(session: AsyncSession, received: Received, route: EventRoute | None) -> int | None:
+    """The object lock the event insert should take, or None: nothing to apply, an object
+    without an id (the apply fails on it), or SQLite (no object locks there)."""
+    if route is None or received.event is None:
+        return None
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    try:
+        object_id = object_id_of(route.kind, received.event.data.object)
+    except ValueError:
+        return None
+    return lock_key(received.account, route.kind, object_id)
 
 
 class EventProcessor:
@@ -349,7 +436,10 @@ class EventProcessor:
         route = self._route(received)
         async with self._sessionmaker() as session:
             inserted = await _insert_event(
-                session, received, status="pending" if route is not None else "ignored"
+                session,
+                received,
+                status="processed" if route is not None else "ignored",
+                lock=_lock_for(session, received, route),
             )
             if inserted and route is None:
                 await session.commit()
@@ -370,7 +460,7 @@ class EventProcessor:
                     # Answering 200 here would lose the event if that other apply fails;
                     # a 500 makes Stripe deliver it again later.
                     raise EventInProgress()
-            result = await self._apply(session, received, route)
+            result = await self._apply(session, received, route, fresh=inserted)
         if isinstance(result, _Refetch):
             return await self._apply_refetched(received, result)
         return result
@@ -379,11 +469,11 @@ class EventProcessor:
         """Re-apply a recorded event through the same path, whatever its status.
         Returns (its recorded status now, what happened). Raises EventNotFound, ApplyFailed."""
         async with self._sessionmaker() as session:
-            state = await _lock_event(session, event_id)
-            if state is None:
+            state = await _lock_event(session, event_id, with_payload=True)
+            if state is None or state.payload is None:
                 raise EventNotFound()
             received = received_from(state.payload)
-            applied = await self._apply(session, received, self._route(received))
+            applied = await self._apply(session, received, self._route(received), fresh=False)
         if not isinstance(applied, _Refetch):
             return ("ignored" if applied == "ignored" else "processed"), applied
         refetched = await self._apply_refetched(received, applied)
@@ -391,9 +481,11 @@ class EventProcessor:
         return "processed", "processed" if refetched == "duplicate" else refetched
 
     async def _apply(
-        self, session: AsyncSession, received: Received, route: EventRoute | None
+        self, session: AsyncSession, received: Received, route: EventRoute | None, *, fresh: bool
     ) -> ReplayOutcome | _Refetch:
-        """With the event row inserted or locked: apply it, mark it, commit."""
+        """With the event row inserted or locked: apply it, mark it, commit. `fresh`: this
+        transaction inserted the row, already marked `processed` and holding the object's
+        lock (`_insert_event`)."""
         if route is None or received.event is None:
             await _finish(session, received.id, "ignored")
             await session.commit()
@@ -405,25 +497,35 @@ class EventProcessor:
             event_id=received.id,
             livemode=received.livemode,
             account=received.account,
-            settle_ties_locally=self._gateway.offline,
+            # Stripe cannot settle a tie when there is no Stripe (offline mode) or when
+            # this key cannot see the object (an accepted event of the other mode: the
+            # re-fetch would answer 404 and tombstone an object that exists).
+            settle_ties_locally=self._gateway.offline or received.livemode != self._livemode,
         )
         try:
             async with session.begin_nested():
                 object_id = object_id_of(route.kind, obj)
-                await lock_object(
-                    session, account=received.account, kind=route.kind, object_id=object_id
-                )
+                if not fresh:
+                    await lock_object(
+                        session, account=received.account, kind=route.kind, object_id=object_id
+                    )
                 outcome = await apply_object(
                     session, route.kind, obj, source=source, action=route.action
                 )
         except Exception as exc:
-            await self._fail(session, received, exc)
+            await self._fail(session, received, exc, counted=fresh)
             raise ApplyFailed() from exc
         if outcome is Outcome.REFETCH:
+            if fresh:
+                # Not processed after all: it waits on Stripe, and that attempt is
+                # counted when it ends (_apply_refetched).
+                await _finish(session, received.id, "pending", attempts=-1)
+            seen = await watermark(session, route.kind, object_id)
             # Durable before Stripe is called; the transaction (and the lock) end here.
             await session.commit()
-            return _Refetch(route=route, object_id=object_id)
-        await _finish(session, received.id, "processed")
+            return _Refetch(route=route, object_id=object_id, seen=seen)
+        if not fresh:
+            await _finish(session, received.id, "processed")
         await session.commit()
         result: ReplayOutcome = "stale" if outcome is Outcome.STALE else "processed"
         self._done(received, result)
@@ -445,61 +547,98 @@ class EventProcessor:
         self, received: Received, refetch: _Refetch
     ) -> Literal["processed", "stale", "duplicate"]:
         """Settle a tie with Stripe's answer: fetched outside any transaction, applied under
-        the lock and stamped with Stripe's Date (DESIGN.md section 4 item 4)."""
+        the lock and stamped with Stripe's Date (DESIGN.md section 4 item 4). Asked again
+        when an event from the answer's own second reached the row meanwhile."""
         kind = refetch.route.kind
-        try:
-            fetched = await self._fetch(refetch, received.account)
-        except Exception as exc:
-            # Stripe refused or is unreachable (or the gateway broke): the event is failed,
-            # never left pending, and a redelivery or replay asks again.
+        seen = refetch.seen
+        for _ in range(_REFETCH_ATTEMPTS):
+            try:
+                fetched = await self._fetch(refetch, received.account)
+            except Exception as exc:
+                # Stripe refused or is unreachable (or the gateway broke): the event is
+                # failed, never left pending, and a redelivery or replay asks again.
+                return await self._fail_refetch(received, exc)
             async with self._sessionmaker() as session:
                 state = await _lock_event(session, received.id)
-                if state is not None and state.status in ("processed", "ignored"):
+                if state is None or state.status in ("processed", "ignored"):
                     await session.rollback()
                     self._done(received, "duplicate")
                     return "duplicate"
-                await self._fail(session, received, exc)
-            raise ApplyFailed() from exc
+                try:
+                    async with session.begin_nested():
+                        outcome = await self._apply_fetched(
+                            session, received, refetch, fetched, seen
+                        )
+                        if outcome is Outcome.REFETCH:
+                            seen = await watermark(session, kind, refetch.object_id)
+                except Exception as exc:
+                    await self._fail(session, received, exc)
+                    raise ApplyFailed() from exc
+                if outcome is Outcome.REFETCH:
+                    # Nothing written; the lock goes before Stripe is asked again.
+                    await session.rollback()
+                    continue
+                await _finish(session, received.id, "processed")
+                await session.commit()
+            _count(received.type, "refetched")
+            refetched: Literal["processed", "stale"] = (
+                "stale" if outcome is Outcome.STALE else "processed"
+            )
+            self._done(received, refetched)
+            return refetched
+        unsettled = RefetchUnsettled("Stripe's answers kept tying with events applied meanwhile")
+        return await self._fail_refetch(received, unsettled)
+
+    async def _apply_fetched(
+        self,
+        session: AsyncSession,
+        received: Received,
+        refetch: _Refetch,
+        fetched: Fetched | None,
+        seen: Watermark | None,
+    ) -> Outcome:
+        if fetched is None:
+            return await apply_missing(
+                session,
+                refetch.route.kind,
+                refetch.object_id,
+                utcnow(),
+                account=received.account,
+                livemode=received.livemode,
+                supersedes=seen,
+            )
+        return await apply_fetched(
+            session,
+            refetch.route.kind,
+            fetched.object,
+            fetched.fetched_at,
+            account=received.account,
+            livemode=received.livemode,
+            supersedes=seen,
+        )
+
+    async def _fail_refetch(self, received: Received, exc: Exception) -> Literal["duplicate"]:
+        """Record a tie Stripe did not settle as failed, unless another delivery finished
+        the event meanwhile ("duplicate"). Raises ApplyFailed."""
         async with self._sessionmaker() as session:
             state = await _lock_event(session, received.id)
-            if state is None or state.status in ("processed", "ignored"):
+            if state is not None and state.status in ("processed", "ignored"):
                 await session.rollback()
                 self._done(received, "duplicate")
                 return "duplicate"
-            try:
-                async with session.begin_nested():
-                    if fetched is None:
-                        outcome = await apply_missing(
-                            session,
-                            kind,
-                            refetch.object_id,
-                            utcnow(),
-                            account=received.account,
-                            livemode=received.livemode,
-                        )
-                    else:
-                        outcome = await apply_fetched(
-                            session,
-                            kind,
-                            fetched.object,
-                            fetched.fetched_at,
-                            account=received.account,
-                        )
-            except Exception as exc:
-                await self._fail(session, received, exc)
-                raise ApplyFailed() from exc
-            await _finish(session, received.id, "processed")
-            await session.commit()
-        _count(received.type, "refetched")
-        refetched: Literal["processed", "stale"] = (
-            "stale" if outcome is Outcome.STALE else "processed"
-        )
-        self._done(received, refetched)
-        return refetched
+            await self._fail(session, received, exc)
+        raise ApplyFailed() from exc
 
-    async def _fail(self, session: AsyncSession, received: Received, exc: BaseException) -> None:
+    async def _fail(
+        self,
+        session: AsyncSession,
+        received: Received,
+        exc: BaseException,
+        *,
+        counted: bool = False,
+    ) -> None:
         error = describe_error(exc)
-        await _finish(session, received.id, "failed", error=error)
+        await _finish(session, received.id, "failed", error=error, attempts=0 if counted else 1)
         await session.commit()
         _count(received.type, "failed")
         log.warning("webhook_apply_failed", event_id=received.id, type=received.type, error=error)

@@ -4,9 +4,11 @@ taken whether or not the row exists yet (DESIGN.md section 4 item 3)."""
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import BigInteger, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.functions import Function
 
 
 def lock_key(account: str, kind: str, object_id: str) -> int:
@@ -14,6 +16,15 @@ def lock_key(account: str, kind: str, object_id: str) -> int:
     name = "\x1f".join((account, kind, object_id)).encode()
     digest = hashlib.blake2b(name, digest_size=8, person=b"portal-lock").digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+def lock_call() -> Function[Any]:
+    """`pg_advisory_xact_lock(:lock_key)`: PostgreSQL's transaction-level advisory lock on
+    a `lock_key`, for statements that take the lock on the way (the event insert does)."""
+    return func.pg_advisory_xact_lock(bindparam("lock_key", type_=BigInteger))
+
+
+_LOCK = select(lock_call())
 
 
 async def lock_object(session: AsyncSession, *, account: str, kind: str, object_id: str) -> None:
@@ -25,7 +36,4 @@ async def lock_object(session: AsyncSession, *, account: str, kind: str, object_
     """
     if session.get_bind().dialect.name != "postgresql":
         return
-    await session.execute(
-        text("SELECT pg_advisory_xact_lock(:key)"),
-        {"key": lock_key(account, kind, object_id)},
-    )
+    await session.execute(_LOCK, {"lock_key": lock_key(account, kind, object_id)})

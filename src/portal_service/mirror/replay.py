@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col, select
 
+from portal_service.db import utcnow
 from portal_service.errors import DomainError, EventNotFound
-from portal_service.mirror.intake import EventProcessor
+from portal_service.mirror.intake import EventProcessor, awaiting_retry
 from portal_service.mirror.tables import StripeEvent
 
 
@@ -30,11 +31,11 @@ async def events_to_replay(
     status: str,
     limit: int | None = None,
 ) -> list[str]:
-    """Ids of recorded events in `status`, in the order Stripe created them."""
+    """Ids of recorded events in `status`, in the order Stripe created them. `failed`
+    includes events left `pending` past IN_FLIGHT, which count as failed (a crash)."""
+    where = awaiting_retry(utcnow()) if status == "failed" else col(StripeEvent.status) == status
     query = (
-        select(StripeEvent.id)
-        .where(col(StripeEvent.status) == status)
-        .order_by(col(StripeEvent.created), col(StripeEvent.id))
+        select(StripeEvent.id).where(where).order_by(col(StripeEvent.created), col(StripeEvent.id))
     )
     if limit is not None:
         query = query.limit(limit)

@@ -35,7 +35,9 @@ from portal_service.pagination import PageParams
 router = APIRouter()
 
 
-def _processor(request: Request, settings: AppSettings, gateway: GatewayDep) -> EventProcessor:
+async def _processor(
+    request: Request, settings: AppSettings, gateway: GatewayDep
+) -> EventProcessor:
     # Intake runs its own transactions (one per event, two around a Stripe re-fetch), so
     # it takes the sessionmaker rather than the request's session.
     return EventProcessor.for_settings(request.app.state.sessionmaker, gateway, settings)

@@ -318,22 +318,35 @@ def _is_session(value: Any) -> bool:
     return isinstance(value, Mapping) and value.get("object") == _PORTAL_SESSION
 
 
+# What JSON decodes to besides containers: immutable, so shared rather than copied
+# (deepcopy's per-call cost made redaction the costliest step of a webhook).
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _is_session_event(event: Mapping[str, Any]) -> bool:
+    data = event.get("data")
+    if event.get("object") != "event" or not isinstance(data, dict):
+        return False
+    event_type = event.get("type")
+    about_session = isinstance(event_type, str) and event_type.startswith(_PORTAL_SESSION + ".")
+    return about_session or _is_session(data.get("object"))
+
+
 def _redact(value: Any) -> Any:
+    if isinstance(value, _SCALARS):
+        return value
     if isinstance(value, Mapping):
         out = {key: _redact(item) for key, item in value.items()}
         if _is_session(out):
             out.pop("url", None)
         # An event about a session may also carry the session's old values, which
-        # have no `object` key of their own to recognise them by.
-        data = out.get("data")
-        if (
-            out.get("object") == "event"
-            and isinstance(data, dict)
-            and _is_session(data.get("object"))
-        ):
-            previous = data.get("previous_attributes")
-            if isinstance(previous, dict):
-                previous.pop("url", None)
+        # have no `object` key of their own to recognise them by; its type says what
+        # the object is even if the object forgot to.
+        if _is_session_event(out):
+            data = out["data"]
+            for part in (data.get("object"), data.get("previous_attributes")):
+                if isinstance(part, dict):
+                    part.pop("url", None)
         return out
     if isinstance(value, list):
         return [_redact(item) for item in value]

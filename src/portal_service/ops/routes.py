@@ -12,8 +12,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import col
 
-from portal_service.db import utcnow
+from portal_service.db import create_sessionmaker, for_reads, utcnow
 from portal_service.migrations import schema_state
+from portal_service.mirror.intake import awaiting_retry
 from portal_service.mirror.tables import StripeEvent
 from portal_service.ops.logging import get_logger
 from portal_service.ops.metrics import (
@@ -71,9 +72,12 @@ async def readyz(request: Request) -> JSONResponse:
 
 async def _refresh_event_gauges(request: Request) -> None:
     # Alerting gauges come from the database, so every replica and worker agrees.
-    async with request.app.state.sessionmaker() as session:
+    # The primary (a replica may lag), read-only: on SQLite a scrape must not queue for
+    # the write lock behind a webhook being applied.
+    async with create_sessionmaker(for_reads(request.app.state.engine))() as session:
+        # Events stuck `pending` past the in-flight window count as failed (DESIGN.md 4.3).
         failed = await session.scalar(
-            select(func.count()).select_from(StripeEvent).where(col(StripeEvent.status) == "failed")
+            select(func.count()).select_from(StripeEvent).where(awaiting_retry(utcnow()))
         )
         oldest = await session.scalar(
             select(func.min(StripeEvent.received_at)).where(
