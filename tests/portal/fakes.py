@@ -57,7 +57,8 @@ class StripeFake:
 
     Same Idempotency-Key and parameters: the first answer again; same key, other
     parameters: 400 idempotency_error. `failures[path]` holds queued answers (responses
-    or exceptions) served before the normal behaviour.
+    or exceptions) served before the normal behaviour; `observers` see each request
+    while the service is still waiting for the answer.
     """
 
     router: respx.MockRouter
@@ -66,6 +67,7 @@ class StripeFake:
     prices: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[SentRequest] = field(default_factory=list)
     failures: dict[str, list[httpx.Response | Exception]] = field(default_factory=dict)
+    observers: list[Callable[[SentRequest], None]] = field(default_factory=list)
     _replays: dict[str, tuple[dict[str, str], httpx.Response]] = field(default_factory=dict)
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -98,6 +100,8 @@ class StripeFake:
         form = dict(parse_qsl(request.content.decode(), keep_blank_values=True))
         sent = SentRequest(request.method, request.url.path, request.headers, form)
         self.requests.append(sent)
+        for observer in self.observers:
+            observer(sent)
         return sent
 
     def _queued(self, path: str) -> httpx.Response | None:

@@ -3,24 +3,37 @@ and session, and the session URL opens a page of the mirrored billing state."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from portal.fakes import Mirror
 from portal_service.mirror.tables import Customer, Invoice, PaymentMethod
 from support import user_headers
 
-OFFLINE_BASE = "http://127.0.0.1:8000"
+SERVED_AT = "http://billing.internal.test:9000"
 
 
 async def _open_portal(client: httpx.AsyncClient, url: str) -> httpx.Response:
-    assert url.startswith(OFFLINE_BASE + "/offline/portal/")
-    return await client.get(urlsplit(url).path)
+    # The link points at the service that created it: the client's own base URL here.
+    assert url.startswith(str(client.base_url).rstrip("/") + "/offline/portal/")
+    return await client.get(url)
+
+
+@asynccontextmanager
+async def served_at(
+    app: FastAPI, base_url: str, *, root_path: str = ""
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A second client on the same running app, reaching it at another address."""
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False, root_path=root_path)
+    async with httpx.AsyncClient(transport=transport, base_url=base_url) as other:
+        yield other
 
 
 @pytest.mark.sqlite
@@ -86,6 +99,43 @@ class TestOfflinePortal:
             "href='https://app.example.com/account/billing'",
         ):
             assert expected in html
+
+    async def test_the_link_points_at_the_host_and_port_that_served_the_request(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        app: FastAPI = client.app  # type: ignore[attr-defined]
+        async with served_at(app, SERVED_AT) as elsewhere:
+            created = await elsewhere.post("/portal-sessions", headers=user_headers("user_1"))
+            assert created.status_code == 201
+            url = created.json()["url"]
+            assert url.startswith(SERVED_AT + "/offline/portal/")
+            page = await elsewhere.get(url)
+        assert page.status_code == 200
+        assert created.json()["customer_id"] in page.text
+
+    async def test_the_link_keeps_the_root_path_the_service_is_mounted_under(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        app: FastAPI = client.app  # type: ignore[attr-defined]
+        async with served_at(app, SERVED_AT, root_path="/billing-api") as proxied:
+            created = await proxied.post("/portal-sessions", headers=user_headers("user_1"))
+        assert created.status_code == 201
+        assert created.json()["url"].startswith(SERVED_AT + "/billing-api/offline/portal/")
+
+    async def test_a_replay_points_at_the_host_that_served_the_replay(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        headers = {**user_headers("user_1"), "Idempotency-Key": "k1"}
+        first = await client.post("/portal-sessions", headers=headers)
+        app: FastAPI = client.app  # type: ignore[attr-defined]
+        async with served_at(app, SERVED_AT) as elsewhere:
+            replay = await elsewhere.post("/portal-sessions", headers=headers)
+            page = await elsewhere.get(replay.json()["url"])
+        assert replay.status_code == 201
+        assert replay.json()["id"] == first.json()["id"]
+        assert urlsplit(replay.json()["url"]).path == urlsplit(first.json()["url"]).path
+        assert replay.json()["url"].startswith(SERVED_AT + "/offline/portal/")
+        assert page.status_code == 200
 
     async def test_mirrored_text_is_escaped(
         self, client: httpx.AsyncClient, mirror: Mirror

@@ -461,6 +461,32 @@ class TestFlowRefusals:
         response = await _post(stripe_app, flow)
         assert response.status_code == 201, response.json()
 
+    async def test_quantity_change_is_judged_without_tax_behavior(
+        self, stripe_app: httpx.AsyncClient, stripe_fake: StripeFake, mirror: Mirror
+    ) -> None:
+        # Stripe's tax-behavior rule is about switching prices: a quantity-only update
+        # keeps the price, so an unspecified tax behavior does not block it.
+        await mirror.customer(CUSTOMER, app_user_id=USER)
+        await mirror.subscription(
+            SUB, customer_id=CUSTOMER, items=[{"id": ITEM, "tax_behavior": "unspecified"}]
+        )
+        quantity = {
+            "type": "subscription_update_confirm",
+            "subscription_id": SUB,
+            "items": [{"id": ITEM, "quantity": 3}],
+        }
+        stripe_fake.prices["price_new"] = {
+            "id": "price_new",
+            "object": "price",
+            "tax_behavior": "unspecified",
+        }
+        price = {**quantity, "items": [{"id": ITEM, "price": "price_new"}]}
+        allowed = await _post(stripe_app, quantity)
+        refused = await _post(stripe_app, price)
+        assert allowed.status_code == 201, allowed.json()
+        assert refused.status_code == 409
+        assert refused.json()["reason"] == "tax_behavior_mismatch"
+
     async def test_unknown_target_price_is_invalid_request(
         self, stripe_app: httpx.AsyncClient, stripe_fake: StripeFake, mirror: Mirror
     ) -> None:

@@ -86,6 +86,19 @@ class TestIdempotencyKey:
         assert response.status_code == 422
         assert response.json()["code"] == "idempotency_key_reused"
 
+    async def test_a_key_just_inside_five_minutes_still_replays(
+        self, stripe_app: httpx.AsyncClient, stripe_fake: StripeFake, mirror: Mirror
+    ) -> None:
+        first = await stripe_app.post("/portal-sessions", headers=keyed("k1"))
+        await mirror.update(
+            PortalSession, first.json()["id"], created=utcnow() - timedelta(minutes=4, seconds=50)
+        )
+        response = await stripe_app.post("/portal-sessions", headers=keyed("k1"))
+        assert response.status_code == 201
+        assert response.json()["id"] == first.json()["id"]
+        assert response.headers["idempotent-replayed"] == "true"
+        assert len(await mirror.all(PortalSession)) == 1
+
     async def test_a_key_older_than_five_minutes_has_expired(
         self, stripe_app: httpx.AsyncClient, stripe_fake: StripeFake, mirror: Mirror
     ) -> None:
@@ -159,6 +172,18 @@ class TestIdempotencyKey:
         first = await client.post("/portal-sessions", headers=keyed("k1"))
         second = await client.post("/portal-sessions", headers=keyed("k1"))
         assert first.json()["url"] == second.json()["url"]
+
+    @pytest.mark.sqlite
+    async def test_offline_mode_refuses_a_concurrent_use_of_the_key_with_another_body(
+        self, client: httpx.AsyncClient, mirror: Mirror
+    ) -> None:
+        # As with Stripe (below): the offline gateway refuses the key with other
+        # parameters instead of handing back the first body's session.
+        first = await client.post("/portal-sessions", headers=keyed("k1"), json={"locale": "de"})
+        await mirror.update(PortalSession, first.json()["id"], idempotency_key_hash=None)
+        response = await client.post("/portal-sessions", headers=keyed("k1"), json={"locale": "fr"})
+        assert response.status_code == 422
+        assert response.json()["code"] == "idempotency_key_reused"
 
     async def test_a_concurrent_use_of_the_key_with_another_body_is_reused(
         self, stripe_app: httpx.AsyncClient, stripe_fake: StripeFake, mirror: Mirror

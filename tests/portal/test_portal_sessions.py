@@ -350,6 +350,26 @@ class TestConfigurationChoice:
         assert response.status_code == 422
         assert response.json()["code"] == "invalid_request"
 
+    @pytest.mark.parametrize(
+        "requested", ["bpc_\u00e9t\u00e9", "bpc_\u0661\u0662", "bpc_", "bpc_a-b"]
+    )
+    async def test_api_key_caller_naming_a_malformed_id_is_invalid_before_stripe(
+        self,
+        stripe_app: httpx.AsyncClient,
+        stripe_fake: StripeFake,
+        mirror: Mirror,
+        requested: str,
+    ) -> None:
+        await mirror.customer("cus_1")
+        response = await stripe_app.post(
+            "/portal-sessions",
+            headers=backend_headers(),
+            json={"customer_id": "cus_1", "configuration": requested},
+        )
+        assert response.status_code == 422
+        assert response.json()["code"] == "invalid_request"
+        assert stripe_fake.sessions_sent == []
+
     async def test_a_name_without_an_id_for_this_mode_is_invalid(
         self, stripe_client: Callable[..., Any], tmp_path: Path
     ) -> None:

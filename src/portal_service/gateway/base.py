@@ -56,10 +56,13 @@ class Gateway(Protocol):
     ) -> dict[str, Any]: ...
 
     async def create_portal_session(
-        self, params: dict[str, Any], *, idempotency_key: str | None
+        self, params: dict[str, Any], *, idempotency_key: str | None, service_url: str
     ) -> dict[str, Any]:
         """`params` are Stripe's (customer, return_url, configuration, locale, flow_data).
-        The returned dict holds the session, its `url` included: never store or log it."""
+        `service_url` is this service's base URL as the request reached it: the offline
+        gateway's sessions are pages of this service, so their URL must point there;
+        Stripe's sessions never do. The returned dict holds the session, its `url`
+        included: never store or log it."""
         ...
 
     async def retrieve(self, kind: ObjectKind, object_id: str, *, account: str = "") -> Fetched: ...
@@ -71,7 +74,7 @@ class Gateway(Protocol):
     async def aclose(self) -> None: ...
 
 
-def _gateway(request: Request) -> Gateway:
+async def _gateway(request: Request) -> Gateway:
     gateway: Gateway = request.app.state.gateway
     return gateway
 

@@ -1,28 +1,49 @@
 """Offline mode (no STRIPE_API_KEY): a local stand-in that creates customers and portal
-sessions itself. Sessions point at a page of this service showing the mirrored state."""
+sessions itself. Sessions point at a page of this service showing the mirrored state, on
+the host and port the creating request reached."""
 
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import hmac
 import json
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from portal_service.db import utcnow
-from portal_service.gateway.base import Fetched, ObjectKind, StripeObjectMissing
+from portal_service.gateway.base import (
+    Fetched,
+    ObjectKind,
+    StripeIdempotencyConflict,
+    StripeObjectMissing,
+)
 
 SESSION_LIFETIME_SECONDS = 300
 
 
+@dataclass(frozen=True, slots=True)
+class _IssuedSession:
+    """What an Idempotency-Key replays: the session without its URL, which is rebuilt for
+    the host each request reached (the page is served by whichever answered it)."""
+
+    params: dict[str, Any]
+    session: dict[str, Any]
+    token: str
+
+
+def _portal_url(service_url: str, token: str) -> str:
+    return f"{service_url.rstrip('/')}/offline/portal/{token}"
+
+
 class OfflineGateway:
-    def __init__(self, *, base_url: str = "http://127.0.0.1:8000") -> None:
-        self._base_url = base_url.rstrip("/")
+    def __init__(self) -> None:
         # A per-process key: offline portal links die with the process, like real ones expire.
         self._key = secrets.token_bytes(32)
-        self._sessions: dict[str, dict[str, Any]] = {}
+        self._sessions: dict[str, _IssuedSession] = {}
         self._customers: dict[str, dict[str, Any]] = {}
 
     @property
@@ -50,30 +71,34 @@ class OfflineGateway:
         return customer
 
     async def create_portal_session(
-        self, params: dict[str, Any], *, idempotency_key: str | None
+        self, params: dict[str, Any], *, idempotency_key: str | None, service_url: str
     ) -> dict[str, Any]:
         if idempotency_key is not None and idempotency_key in self._sessions:
-            return self._sessions[idempotency_key]
+            issued = self._sessions[idempotency_key]
+            # Stripe's rule: the same key with other parameters is refused, not replayed.
+            if issued.params != params:
+                raise StripeIdempotencyConflict()
+            return {**issued.session, "url": _portal_url(service_url, issued.token)}
         created = int(time.time())
         session_id = "bps_offline_" + secrets.token_hex(8)
         token = self.sign_token({"c": params["customer"], "s": session_id, "t": created})
-        flow = params.get("flow_data")
         session = {
             "id": session_id,
             "object": "billing_portal.session",
             "configuration": params.get("configuration") or "bpc_offline_default",
             "created": created,
             "customer": params["customer"],
-            "flow": flow,
+            "flow": params.get("flow_data"),
             "livemode": False,
             "locale": params.get("locale"),
             "on_behalf_of": None,
             "return_url": params.get("return_url"),
-            "url": f"{self._base_url}/offline/portal/{token}",
         }
         if idempotency_key is not None:
-            self._sessions[idempotency_key] = session
-        return session
+            self._sessions[idempotency_key] = _IssuedSession(
+                params=copy.deepcopy(params), session=session, token=token
+            )
+        return {**session, "url": _portal_url(service_url, token)}
 
     def sign_token(self, claims: dict[str, Any]) -> str:
         body = base64.urlsafe_b64encode(json.dumps(claims, separators=(",", ":")).encode())

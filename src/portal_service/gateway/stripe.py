@@ -101,8 +101,9 @@ class StripeGateway:
         return to_jsonable(customer.to_dict())  # type: ignore[no-any-return]
 
     async def create_portal_session(
-        self, params: dict[str, Any], *, idempotency_key: str | None
+        self, params: dict[str, Any], *, idempotency_key: str | None, service_url: str
     ) -> dict[str, Any]:
+        del service_url  # Stripe hosts its portal itself
         options: dict[str, Any] = {}
         if idempotency_key is not None:
             options["idempotency_key"] = idempotency_key

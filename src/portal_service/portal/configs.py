@@ -50,7 +50,8 @@ def _not_an_id(name: str) -> str:
 ConfigName = Annotated[
     str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"), AfterValidator(_not_an_id)
 ]
-ConfigurationId = Annotated[str, Field(pattern=r"^bpc_[A-Za-z0-9_]+$", max_length=255)]
+CONFIGURATION_ID_PATTERN = r"^bpc_[A-Za-z0-9_]+$"
+ConfigurationId = Annotated[str, Field(pattern=CONFIGURATION_ID_PATTERN, max_length=255)]
 
 
 class PortalConfigError(ValueError):
@@ -244,7 +245,7 @@ def load_portal_config(path: str | Path) -> PortalConfigFile:
 _STATE_KEY = "portal_config_file"
 
 
-def _app_portal_config(request: Request) -> PortalConfigFile | None:
+async def _app_portal_config(request: Request) -> PortalConfigFile | None:
     # A sync dependency runs in the thread pool, so the first read does not block the loop;
     # after that the parsed file is kept for the life of the app.
     state = request.app.state

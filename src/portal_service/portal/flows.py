@@ -98,7 +98,7 @@ class TaxBehaviorCache:
             self._entries.popitem(last=False)
 
 
-def _app_tax_cache(request: Request) -> TaxBehaviorCache:
+async def _app_tax_cache(request: Request) -> TaxBehaviorCache:
     state = request.app.state
     cache: TaxBehaviorCache | None = getattr(state, "portal_tax_behavior_cache", None)
     if cache is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Header, Path, Response, status
+from fastapi import APIRouter, Body, Header, Path, Request, Response, status
 
 from portal_service.auth import AnyCaller, BackendCaller
 from portal_service.config import AppSettings
@@ -101,6 +101,7 @@ async def post_portal_session(
     gateway: GatewayDep,
     portal_config: PortalConfigDep,
     tax_cache: TaxBehaviorCacheDep,
+    request: Request,
     response: Response,
     body: Annotated[PortalSessionRequest | None, Body()] = None,
     idempotency_key: IdempotencyKeyHeader = None,
@@ -116,6 +117,9 @@ async def post_portal_session(
         gateway=gateway,
         portal_config=portal_config,
         tax_cache=tax_cache,
+        # Offline mode's session page lives on this service: on the host and port (and
+        # root path) this request reached, not on a configured or default address.
+        service_url=str(request.base_url),
     )
     # The body holds a bearer URL: no cache, shared or private, may keep it.
     response.headers["Cache-Control"] = "no-store"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -43,7 +44,7 @@ from portal_service.mirror.stripe_models import redact_session_urls
 from portal_service.mirror.tables import PortalConfiguration, PortalSession
 from portal_service.ops.logging import get_logger
 from portal_service.ops.metrics import SESSIONS_CREATED
-from portal_service.portal.configs import PortalConfigFile, Selected
+from portal_service.portal.configs import CONFIGURATION_ID_PATTERN, PortalConfigFile, Selected
 from portal_service.portal.customers import ResolvedCustomer, resolve_by_id, resolve_for_user
 from portal_service.portal.flows import TaxBehaviorCache, check_flow, flow_data
 from portal_service.portal.locales import UnsupportedLocaleError, resolve_locale
@@ -122,7 +123,10 @@ async def create_portal_session(
     gateway: Gateway,
     portal_config: PortalConfigFile | None,
     tax_cache: TaxBehaviorCache,
+    service_url: str,
 ) -> CreatedSession:
+    """`service_url`: this service's base URL as the caller reached it (offline mode's
+    session pages are served there)."""
     livemode = settings.livemode
     _check_target(caller, body)
     explicit = _explicit_configuration(
@@ -200,7 +204,9 @@ async def create_portal_session(
     await session.commit()  # end the read transaction before calling Stripe
     try:
         created = await gateway.create_portal_session(
-            params, idempotency_key=idempotency.stripe_key if idempotency else None
+            params,
+            idempotency_key=idempotency.stripe_key if idempotency else None,
+            service_url=service_url,
         )
     except StripeIdempotencyConflict as exc:
         # A concurrent request with this key and another body reached Stripe first.
@@ -279,7 +285,8 @@ def _explicit_configuration(
         return listed
     if isinstance(caller, EndUser):
         raise Forbidden("End users may only choose a configuration listed in PORTAL_CONFIG_FILE.")
-    if value.startswith("bpc_") and value[4:].replace("_", "").isalnum():
+    # Stripe ids are ASCII letters, digits and underscores (not any Unicode letter).
+    if re.fullmatch(CONFIGURATION_ID_PATTERN, value):
         return Selected(name=None, configuration_id=value)
     raise InvalidRequest(
         f"configuration {value!r} is neither a name in PORTAL_CONFIG_FILE nor a bpc_ id."
