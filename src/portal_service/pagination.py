@@ -60,7 +60,7 @@ class PageRequest:
     cursor: str | None
 
 
-def _page_request(
+async def _page_request(  # async: a plain `def` dependency runs in the thread pool
     limit: Annotated[
         int, Query(ge=1, le=MAX_LIMIT, description=f"Page size, 1 to {MAX_LIMIT}.")
     ] = DEFAULT_LIMIT,

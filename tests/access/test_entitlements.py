@@ -14,8 +14,10 @@ from portal_service.access.entitlements import (
     evaluate_entitlements,
     none_match_hits,
 )
+from portal_service.access.facts import customer_access
 from portal_service.access.policy import AccessPolicy
 from portal_service.access.schemas import EntitledProduct, Entitlements
+from portal_service.mirror.tables import Customer
 from support import admin_headers, backend_headers, user_headers
 
 if TYPE_CHECKING:
@@ -104,13 +106,19 @@ class TestEntitlementsEtag:
         assert entitlements_etag(body(products=[product])) != entitlements_etag(body())
 
 
+async def evaluate(
+    db: AsyncSession, customer: Customer, *, policy: AccessPolicy, now: datetime
+) -> Entitlements:
+    """The answer for a customer row, read from the mirror the way the routes read it."""
+    access = await customer_access(db, customer_id=customer.id, livemode=customer.livemode)
+    return evaluate_entitlements(access, policy=policy, now=now)
+
+
 class TestEvaluateEntitlements:
-    @pytest.mark.sqlite
-    async def test_without_customer_is_the_empty_answer(self, db: AsyncSession) -> None:
-        answer = await evaluate_entitlements(db, None, policy=AccessPolicy(), now=NOW)
-        assert answer == Entitlements(
-            customer_id=None, has_access=False, products=[], features=[], evaluated_at=NOW
-        )
+    def test_without_customer_is_the_empty_answer(self) -> None:
+        answer = evaluate_entitlements(None, policy=AccessPolicy(), now=NOW)
+        assert answer == Entitlements(customer_id=None, has_access=False, products=[], features=[])
+        assert answer.evaluated_at is None
 
     @pytest.mark.sqlite
     async def test_lists_every_item_of_granting_subscriptions_only(
@@ -126,7 +134,7 @@ class TestEvaluateEntitlements:
         )
         await rows.subscription("sub_old", status="canceled", items=[{"product_id": "prod_old"}])
         await rows.subscription("sub_unpaid", status="unpaid", items=[{"product_id": "prod_x"}])
-        answer = await evaluate_entitlements(db, customer, policy=AccessPolicy(), now=rows.now)
+        answer = await evaluate(db, customer, policy=AccessPolicy(), now=rows.now)
         assert answer.has_access is True
         assert [
             (p.product_id, p.price_id, p.subscription_id, p.quantity) for p in answer.products
@@ -154,7 +162,7 @@ class TestEvaluateEntitlements:
     ) -> None:
         customer = await rows.customer()
         await rows.subscription(status=status)
-        answer = await evaluate_entitlements(db, customer, policy=AccessPolicy(), now=rows.now)
+        answer = await evaluate(db, customer, policy=AccessPolicy(), now=rows.now)
         assert answer.has_access is expected
         assert len(answer.products) == (1 if expected else 0)
 
@@ -169,10 +177,10 @@ class TestEvaluateEntitlements:
             status="open",
             stripe_created=rows.now - timedelta(days=2),
         )
-        in_grace = await evaluate_entitlements(
+        in_grace = await evaluate(
             db, customer, policy=AccessPolicy(past_due_grace_days=3), now=rows.now
         )
-        after_grace = await evaluate_entitlements(
+        after_grace = await evaluate(
             db,
             customer,
             policy=AccessPolicy(past_due_grace_days=3),
@@ -187,8 +195,8 @@ class TestEvaluateEntitlements:
         customer = await rows.customer()
         end = rows.now + timedelta(days=20)
         await rows.subscription(cancel_at_period_end=True, current_period_end=end)
-        before = await evaluate_entitlements(db, customer, policy=AccessPolicy(), now=rows.now)
-        after = await evaluate_entitlements(db, customer, policy=AccessPolicy(), now=end)
+        before = await evaluate(db, customer, policy=AccessPolicy(), now=rows.now)
+        after = await evaluate(db, customer, policy=AccessPolicy(), now=end)
         assert [p.access_until for p in before.products] == [end]
         assert after.products == []
 
@@ -197,8 +205,8 @@ class TestEvaluateEntitlements:
     ) -> None:
         customer = await rows.customer()
         await rows.subscription(pause_collection_behavior="void")
-        default = await evaluate_entitlements(db, customer, policy=AccessPolicy(), now=rows.now)
-        allowed = await evaluate_entitlements(
+        default = await evaluate(db, customer, policy=AccessPolicy(), now=rows.now)
+        allowed = await evaluate(
             db, customer, policy=AccessPolicy(access_during_paused_collection=True), now=rows.now
         )
         assert default.has_access is False
@@ -209,7 +217,7 @@ class TestEvaluateEntitlements:
     ) -> None:
         customer = await rows.customer()
         await rows.subscription(status="active", deleted=True)
-        answer = await evaluate_entitlements(db, customer, policy=AccessPolicy(), now=rows.now)
+        answer = await evaluate(db, customer, policy=AccessPolicy(), now=rows.now)
         assert answer.has_access is False
 
     @pytest.mark.sqlite
@@ -222,7 +230,7 @@ class TestEvaluateEntitlements:
         await rows.entitlement("export", id="ent_dup")
         await rows.entitlement("gone", deleted=True)
         await rows.entitlement(None, id="ent_nokey")
-        answer = await evaluate_entitlements(db, customer, policy=AccessPolicy(), now=rows.now)
+        answer = await evaluate(db, customer, policy=AccessPolicy(), now=rows.now)
         assert answer.features == ["export", "sso"]
         # Features are Stripe's own answer: they do not make has_access true by themselves.
         assert answer.has_access is False
@@ -268,9 +276,13 @@ class TestMyEntitlementsRoute:
     ) -> None:
         response = await get(client, "/me/entitlements", **user_headers("nobody"))
         assert response.status_code == 200
-        data = response.json()
-        data.pop("evaluated_at")
-        assert data == {"customer_id": None, "has_access": False, "products": [], "features": []}
+        # Exactly the body DESIGN.md section 6 spells out: no evaluated_at.
+        assert response.json() == {
+            "customer_id": None,
+            "has_access": False,
+            "products": [],
+            "features": [],
+        }
         assert response.headers["ETag"]
 
     @pytest.mark.sqlite
@@ -432,8 +444,12 @@ class TestUserEntitlementsRoute:
     ) -> None:
         response = await get(client, "/users/nobody/entitlements", **backend_headers())
         assert response.status_code == 200
-        assert response.json()["customer_id"] is None
-        assert response.json()["products"] == []
+        assert response.json() == {
+            "customer_id": None,
+            "has_access": False,
+            "products": [],
+            "features": [],
+        }
 
     async def test_same_answer_same_etag_as_the_user_sees(
         self, client: httpx.AsyncClient, rows: MirrorRows

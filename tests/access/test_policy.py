@@ -580,16 +580,15 @@ class TestFlowRefusalTaxBehavior:
                 "tax_behavior_mismatch",
                 id="unknown_current",
             ),
-            pytest.param((item(tax_behavior="exclusive"),), None, None, id="target_unknown"),
+            pytest.param((item(tax_behavior="exclusive"),), None, None, id="no_price_change"),
+            # A quantity-only update keeps the current price: Stripe's rule is about prices.
             pytest.param(
                 (item(tax_behavior="unspecified"),),
                 None,
-                "tax_behavior_mismatch",
-                id="target_unknown-current_unspecified",
+                None,
+                id="no_price_change-current_unspecified",
             ),
-            pytest.param(
-                (item(tax_behavior=None),), None, "tax_behavior_mismatch", id="both_unknown"
-            ),
+            pytest.param((item(tax_behavior=None),), None, None, id="no_price_change-unknown"),
             pytest.param((), "exclusive", "tax_behavior_mismatch", id="no_current_item"),
             pytest.param(
                 (

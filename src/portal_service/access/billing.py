@@ -17,6 +17,7 @@ from portal_service.access.facts import (
     PLATFORM_ACCOUNT,
     subscription_facts,
     subscription_items,
+    without_raw,
 )
 from portal_service.access.policy import (
     AccessPolicy,
@@ -68,6 +69,7 @@ async def customer_profile(session: AsyncSession, customer: Customer) -> Billing
             col(TaxId.deleted).is_(False),
         )
         .order_by(col(TaxId.stripe_created), col(TaxId.id))
+        .options(without_raw(col(TaxId.raw)))
     )
     return BillingCustomer(
         id=customer.id,
@@ -110,13 +112,17 @@ async def subscriptions_page(
     now: datetime,
 ) -> BillingSubscriptionPage:
     """All of the customer's subscriptions, canceled ones included, newest first."""
-    statement = select(Subscription).where(
-        col(Subscription.customer_id) == customer.id,
-        col(Subscription.livemode) == customer.livemode,
-        col(Subscription.account) == PLATFORM_ACCOUNT,
+    statement = (
+        select(Subscription)
+        .where(
+            col(Subscription.customer_id) == customer.id,
+            col(Subscription.livemode) == customer.livemode,
+            col(Subscription.account) == PLATFORM_ACCOUNT,
+        )
+        .options(without_raw(col(Subscription.raw)))
     )
     subscriptions, next_cursor = await paginate(session, statement, keyset=SUBSCRIPTIONS, page=page)
-    items = await subscription_items(session, [s.id for s in subscriptions])
+    items = await subscription_items(session, [s.id for s in subscriptions], load_raw=False)
     facts = await subscription_facts(session, subscriptions, items=items)
     data = []
     for subscription in subscriptions:
@@ -176,11 +182,15 @@ async def invoices_page(
     session: AsyncSession, customer: Customer, *, page: PageRequest
 ) -> BillingInvoicePage:
     """The customer's invoices, newest first."""
-    statement = select(Invoice).where(
-        col(Invoice.customer_id) == customer.id,
-        col(Invoice.livemode) == customer.livemode,
-        col(Invoice.account) == PLATFORM_ACCOUNT,
-        col(Invoice.deleted).is_(False),
+    statement = (
+        select(Invoice)
+        .where(
+            col(Invoice.customer_id) == customer.id,
+            col(Invoice.livemode) == customer.livemode,
+            col(Invoice.account) == PLATFORM_ACCOUNT,
+            col(Invoice.deleted).is_(False),
+        )
+        .options(without_raw(col(Invoice.raw)))
     )
     invoices, next_cursor = await paginate(session, statement, keyset=INVOICES, page=page)
     return BillingInvoicePage(
@@ -206,11 +216,15 @@ async def payment_methods_page(
     session: AsyncSession, customer: Customer, *, page: PageRequest
 ) -> BillingPaymentMethodPage:
     """Payment methods attached to the customer (a detached one has no customer), newest first."""
-    statement = select(PaymentMethod).where(
-        col(PaymentMethod.customer_id) == customer.id,
-        col(PaymentMethod.livemode) == customer.livemode,
-        col(PaymentMethod.account) == PLATFORM_ACCOUNT,
-        col(PaymentMethod.deleted).is_(False),
+    statement = (
+        select(PaymentMethod)
+        .where(
+            col(PaymentMethod.customer_id) == customer.id,
+            col(PaymentMethod.livemode) == customer.livemode,
+            col(PaymentMethod.account) == PLATFORM_ACCOUNT,
+            col(PaymentMethod.deleted).is_(False),
+        )
+        .options(without_raw(col(PaymentMethod.raw)))
     )
     methods, next_cursor = await paginate(session, statement, keyset=PAYMENT_METHODS, page=page)
     return BillingPaymentMethodPage(

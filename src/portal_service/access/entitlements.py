@@ -10,17 +10,11 @@ import hashlib
 import json
 import re
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from portal_service.access.facts import (
-    active_features,
-    customer_subscriptions,
-    subscription_facts,
-)
+from portal_service.access.facts import CustomerAccess
 from portal_service.access.policy import AccessPolicy, access_until, grants_access
 from portal_service.access.schemas import EntitledProduct, Entitlements
-from portal_service.mirror.tables import Customer
 
 # An entity-tag (RFC 9110 section 8.8.3): optional weak prefix, then a quoted opaque tag
 # that may itself contain commas, so a list is scanned tag by tag rather than split.
@@ -29,20 +23,16 @@ _ENTITY_TAG = re.compile(r'(?:W/)?"([^"]*)"\s*(?:,|$)')
 _SEPARATORS = re.compile(r"[\s,]*")
 
 
-async def evaluate_entitlements(
-    session: AsyncSession,
-    customer: Customer | None,
-    *,
-    policy: AccessPolicy,
-    now: datetime,
+def evaluate_entitlements(
+    customer: CustomerAccess | None, *, policy: AccessPolicy, now: datetime
 ) -> Entitlements:
-    """What `customer` may use at `now`; the empty answer when there is no customer."""
+    """What `customer` may use at `now`.
+
+    Without a customer, the empty answer exactly as DESIGN.md section 6 spells it: no
+    `evaluated_at`, as nothing was evaluated.
+    """
     if customer is None:
-        return Entitlements(
-            customer_id=None, has_access=False, products=[], features=[], evaluated_at=now
-        )
-    subscriptions = await customer_subscriptions(session, customer.id, livemode=customer.livemode)
-    facts = await subscription_facts(session, subscriptions)
+        return Entitlements(customer_id=None, has_access=False, products=[], features=[])
     products = [
         EntitledProduct(
             product_id=item.product_id,
@@ -52,25 +42,40 @@ async def evaluate_entitlements(
             quantity=item.quantity,
             access_until=access_until(sub),
         )
-        for sub in facts.values()
+        for sub in customer.subscriptions
         if grants_access(sub, policy=policy, now=now)
         for item in sub.items
     ]
     # A set in a fixed order: the same state always hashes to the same ETag.
     products.sort(key=lambda p: (p.product_id or "", p.price_id or "", p.subscription_id))
     return Entitlements(
-        customer_id=customer.id,
+        customer_id=customer.customer_id,
         has_access=bool(products),
         products=products,
-        features=await active_features(session, customer),
+        features=list(customer.features),
         evaluated_at=now,
     )
 
 
+def entitlements_content(body: Entitlements) -> dict[str, Any]:
+    """The JSON body as sent: `evaluated_at` only when there is one (not in the empty answer)."""
+    exclude = {"evaluated_at"} if body.evaluated_at is None else None
+    return body.model_dump(mode="json", exclude=exclude)
+
+
 def entitlements_etag(body: Entitlements) -> str:
     """A strong ETag: SHA-256 of the canonical JSON of the body without `evaluated_at`."""
-    content = body.model_dump(mode="json", exclude={"evaluated_at"})
-    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return etag_of(entitlements_content(body))
+
+
+def etag_of(content: dict[str, Any]) -> str:
+    """The ETag of a rendered entitlements body (`evaluated_at`, if present, left out)."""
+    canonical = json.dumps(
+        {k: v for k, v in content.items() if k != "evaluated_at"},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
     return '"' + hashlib.sha256(canonical.encode()).hexdigest()[:32] + '"'
 
 

@@ -7,10 +7,26 @@ Every read is scoped to one mode and the platform account (`account = ''`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
+from typing import Any, Literal
 
-from sqlalchemy import type_coerce
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    CompoundSelect,
+    Row,
+    Select,
+    and_,
+    bindparam,
+    null,
+    type_coerce,
+    union_all,
+)
+from sqlalchemy import select as select_columns
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 from sqlmodel import col, func, select
 
 from portal_service.access.policy import ItemFacts, SubscriptionFacts
@@ -28,34 +44,36 @@ UNPAID_INVOICE_STATUSES = ("open", "uncollectible")
 ENDED_STATUSES = ("canceled", "incomplete_expired")
 
 
-async def linked_customer(
-    session: AsyncSession, *, app_user_id: str, livemode: bool
-) -> Customer | None:
-    """The live (not deleted) customer linked to an app user, in this mode, on the platform."""
-    result = await session.execute(
-        select(Customer).where(
-            col(Customer.app_user_id) == app_user_id,
-            col(Customer.livemode) == livemode,
-            col(Customer.account) == PLATFORM_ACCOUNT,
-            col(Customer.deleted).is_(False),
-        )
+def without_raw(raw_column: Any) -> Any:
+    """A loader option leaving `raw` (the whole Stripe object as JSON) unread.
+
+    Reads for apps never show it, and decoding it is most of the cost of loading a row;
+    touching it on a row loaded this way raises instead of querying behind our back.
+    """
+    return defer(raw_column, raiseload=True)
+
+
+def _linked_to(app_user_id: str, livemode: bool) -> tuple[ColumnElement[bool], ...]:
+    return (
+        col(Customer.app_user_id) == app_user_id,
+        col(Customer.livemode) == livemode,
+        col(Customer.account) == PLATFORM_ACCOUNT,
+        col(Customer.deleted).is_(False),
     )
-    return result.scalars().first()
 
 
-async def customer_by_id(
-    session: AsyncSession, customer_id: str, *, livemode: bool
+async def linked_customer(
+    session: AsyncSession, *, app_user_id: str, livemode: bool, load_raw: bool = True
 ) -> Customer | None:
-    """A live customer of this mode on the platform account, or None."""
-    customer = await session.get(Customer, customer_id)
-    if (
-        customer is None
-        or customer.deleted
-        or customer.livemode != livemode
-        or customer.account != PLATFORM_ACCOUNT
-    ):
-        return None
-    return customer
+    """The live (not deleted) customer linked to an app user, in this mode, on the platform.
+
+    `load_raw=False` for read-only callers: the row comes without its `raw` column.
+    """
+    statement = select(Customer).where(*_linked_to(app_user_id, livemode))
+    if not load_raw:
+        statement = statement.options(without_raw(col(Customer.raw)))
+    result = await session.execute(statement)
+    return result.scalars().first()
 
 
 async def customer_subscriptions(
@@ -75,13 +93,13 @@ async def customer_subscriptions(
 
 
 async def subscription_items(
-    session: AsyncSession, subscription_ids: Sequence[str]
+    session: AsyncSession, subscription_ids: Sequence[str], *, load_raw: bool = True
 ) -> dict[str, list[SubscriptionItem]]:
     """Live items of each subscription, keyed by subscription id (one query for all)."""
     out: dict[str, list[SubscriptionItem]] = {sid: [] for sid in subscription_ids}
     if not subscription_ids:
         return out
-    result = await session.execute(
+    statement = (
         select(SubscriptionItem)
         .where(
             col(SubscriptionItem.subscription_id).in_(subscription_ids),
@@ -89,6 +107,9 @@ async def subscription_items(
         )
         .order_by(col(SubscriptionItem.stripe_created), col(SubscriptionItem.id))
     )
+    if not load_raw:
+        statement = statement.options(without_raw(col(SubscriptionItem.raw)))
+    result = await session.execute(statement)
     for item in result.scalars().all():
         out[item.subscription_id].append(item)
     return out
@@ -116,20 +137,24 @@ async def oldest_unpaid_invoices(
     return {sid: created for sid, created in result.all() if sid is not None}
 
 
+def effective_status(status: str | None, *, deleted: bool) -> str:
+    """The status the policy judges: a tombstone is over, whatever status it last held."""
+    if deleted and status not in ENDED_STATUSES:
+        # A tombstone comes from customer.subscription.deleted, which Stripe sends only for
+        # an ended subscription.
+        return "canceled"
+    return status or ""
+
+
 def to_facts(
     subscription: Subscription,
     items: Sequence[SubscriptionItem],
     *,
     oldest_unpaid_invoice_created: datetime | None = None,
 ) -> SubscriptionFacts:
-    status = subscription.status or ""
-    if subscription.deleted and status not in ENDED_STATUSES:
-        # A tombstone comes from customer.subscription.deleted, which Stripe sends only for
-        # an ended subscription: whatever status the row last held, it is over.
-        status = "canceled"
     return SubscriptionFacts(
         id=subscription.id,
-        status=status,
+        status=effective_status(subscription.status, deleted=subscription.deleted),
         cancel_at_period_end=subscription.cancel_at_period_end,
         cancel_at=subscription.cancel_at,
         current_period_start=subscription.current_period_start,
@@ -171,17 +196,162 @@ async def subscription_facts(
     }
 
 
-async def active_features(session: AsyncSession, customer: Customer) -> list[str]:
-    """Lookup keys of the customer's active Stripe Entitlements features, sorted, once each."""
-    result = await session.execute(
-        select(col(Entitlement.lookup_key))
+@dataclass(frozen=True, slots=True)
+class CustomerAccess:
+    """What the entitlements answer is computed from: a customer, its subscriptions, its features."""
+
+    customer_id: str
+    livemode: bool
+    subscriptions: tuple[SubscriptionFacts, ...]
+    features: tuple[str, ...]
+
+
+def _oldest_unpaid_invoice_created() -> Any:
+    # Correlated per subscription row, so only the invoices of the customer's own
+    # subscriptions are looked at (ix_invoices_subscription_id).
+    return (
+        select(type_coerce(func.min(col(Invoice.stripe_created)), UTCDateTime()))
         .where(
-            col(Entitlement.customer_id) == customer.id,
-            col(Entitlement.livemode) == customer.livemode,
-            col(Entitlement.account) == PLATFORM_ACCOUNT,
-            col(Entitlement.deleted).is_(False),
-            col(Entitlement.lookup_key).is_not(None),
+            col(Invoice.subscription_id) == col(Subscription.id),
+            col(Invoice.status).in_(UNPAID_INVOICE_STATUSES),
+            col(Invoice.deleted).is_(False),
         )
-        .distinct()
+        .correlate(Subscription)
+        .scalar_subquery()
     )
-    return sorted(key for key in result.scalars().all() if key)
+
+
+@cache
+def _customer_access_statement(key: Literal["app_user_id", "customer_id"]) -> CompoundSelect[Any]:
+    """Built once per lookup key, with bound parameters `key` and `livemode`: building and
+    hashing this statement on every request cost more than running it."""
+    livemode = bindparam("livemode", type_=Boolean())
+    which = (
+        (col(Customer.app_user_id) if key == "app_user_id" else col(Customer.id))
+        == bindparam("key"),
+        col(Customer.livemode) == livemode,
+        col(Customer.account) == PLATFORM_ACCOUNT,
+        col(Customer.deleted).is_(False),
+    )
+    # SQLAlchemy's select: sqlmodel's is typed for at most four columns.
+    subscription_rows: Select[*tuple[Any, ...]] = (
+        select_columns(
+            col(Customer.id).label("customer_id"),
+            col(Subscription.id).label("subscription_id"),
+            col(Subscription.status).label("status"),
+            col(Subscription.deleted).label("deleted"),
+            col(Subscription.cancel_at_period_end).label("cancel_at_period_end"),
+            col(Subscription.cancel_at).label("cancel_at"),
+            col(Subscription.current_period_start).label("current_period_start"),
+            col(Subscription.current_period_end).label("current_period_end"),
+            col(Subscription.pause_collection_behavior).label("pause_collection_behavior"),
+            col(Subscription.collection_method).label("collection_method"),
+            col(Subscription.schedule_id).label("schedule_id"),
+            _oldest_unpaid_invoice_created().label("oldest_unpaid_invoice_created"),
+            col(SubscriptionItem.id).label("item_id"),
+            col(SubscriptionItem.price_id).label("price_id"),
+            col(SubscriptionItem.product_id).label("product_id"),
+            col(SubscriptionItem.quantity).label("quantity"),
+            col(SubscriptionItem.usage_type).label("usage_type"),
+            col(SubscriptionItem.tax_behavior).label("tax_behavior"),
+            null().label("lookup_key"),
+        )
+        .select_from(Customer)
+        .outerjoin(
+            Subscription,
+            and_(
+                col(Subscription.customer_id) == col(Customer.id),
+                col(Subscription.livemode) == livemode,
+                col(Subscription.account) == PLATFORM_ACCOUNT,
+            ),
+        )
+        .outerjoin(
+            SubscriptionItem,
+            and_(
+                col(SubscriptionItem.subscription_id) == col(Subscription.id),
+                col(SubscriptionItem.deleted).is_(False),
+            ),
+        )
+        .where(*which)
+    )
+    # The column types of a UNION come from its first branch: these NULLs need none.
+    feature_rows = select_columns(
+        col(Entitlement.customer_id), *([null()] * 17), col(Entitlement.lookup_key)
+    ).where(
+        col(Entitlement.customer_id).in_(select(col(Customer.id)).where(*which)),
+        col(Entitlement.livemode) == livemode,
+        col(Entitlement.account) == PLATFORM_ACCOUNT,
+        col(Entitlement.deleted).is_(False),
+        col(Entitlement.lookup_key).is_not(None),
+    )
+    return union_all(subscription_rows, feature_rows)
+
+
+async def customer_access(
+    session: AsyncSession,
+    *,
+    livemode: bool,
+    app_user_id: str | None = None,
+    customer_id: str | None = None,
+) -> CustomerAccess | None:
+    """The live customer linked to `app_user_id` (or with id `customer_id`) in this mode on the
+    platform, with the facts of all its subscriptions and its active features; None if none.
+
+    The hot path of GET /me/entitlements, so one statement (one round trip) in all, and
+    only the columns the policy reads (never `raw`): the customer, outer-joined to its
+    subscriptions, their live items and each one's oldest unpaid invoice; then, in a
+    second branch of a UNION ALL, its features. Every branch is an indexed lookup.
+    """
+    if app_user_id is not None and customer_id is None:
+        statement, key = _customer_access_statement("app_user_id"), app_user_id
+    elif customer_id is not None and app_user_id is None:
+        statement, key = _customer_access_statement("customer_id"), customer_id
+    else:
+        raise ValueError("customer_access needs exactly one of app_user_id and customer_id")
+    rows: Sequence[Row[*tuple[Any, ...]]] = (
+        await session.execute(statement, {"key": key, "livemode": livemode})
+    ).all()
+    # A live customer always has its row in the first branch (an outer join keeps it).
+    found = next((row.customer_id for row in rows if row.lookup_key is None), None)
+    if found is None:
+        return None
+    features: set[str] = set()
+    subscriptions: dict[str, tuple[Any, dict[str, ItemFacts]]] = {}
+    # app_user_id is unique among live customers of a mode and account: one customer.
+    for row in rows:
+        if row.customer_id != found:
+            continue
+        if row.lookup_key is not None:
+            features.add(row.lookup_key)
+        elif row.subscription_id is not None:
+            _, items = subscriptions.setdefault(row.subscription_id, (row, {}))
+            if row.item_id is not None:
+                items[row.item_id] = ItemFacts(
+                    price_id=row.price_id,
+                    product_id=row.product_id,
+                    quantity=row.quantity,
+                    usage_type=row.usage_type,
+                    tax_behavior=row.tax_behavior,
+                )
+    return CustomerAccess(
+        customer_id=found,
+        livemode=livemode,
+        subscriptions=tuple(
+            SubscriptionFacts(
+                id=sub.subscription_id,
+                status=effective_status(sub.status, deleted=sub.deleted),
+                cancel_at_period_end=sub.cancel_at_period_end,
+                cancel_at=sub.cancel_at,
+                current_period_start=sub.current_period_start,
+                current_period_end=sub.current_period_end,
+                pause_collection_behavior=sub.pause_collection_behavior,
+                collection_method=sub.collection_method,
+                schedule_id=sub.schedule_id,
+                # Ordered by id: the same mirror state always gives equal facts.
+                items=tuple(items[item_id] for item_id in sorted(items)),
+                oldest_unpaid_invoice_created=sub.oldest_unpaid_invoice_created,
+            )
+            for _, (sub, items) in sorted(subscriptions.items())
+        ),
+        features=tuple(sorted(features)),
+    )

@@ -213,9 +213,13 @@ def _capability_refusal(reason: str, sub: SubscriptionFacts, *, verb: str) -> Re
 
 
 def _tax_behavior_refusal(sub: SubscriptionFacts, target: str | None) -> Refusal | None:
-    # Stripe refuses any price change from an unspecified tax behavior, whatever the
-    # target. A missing value (or no item at all) is judged the same way: refusing here
-    # gives a clear 409 instead of a failed session or a dead end inside the portal.
+    # Only a price change is judged: a quantity-only update (no target price) keeps the
+    # current price, and Stripe's rule is about switching prices. Stripe refuses any price
+    # change from an unspecified tax behavior, whatever the target; a missing value (or no
+    # item at all) is judged the same way, so the answer is a clear 409 instead of a
+    # failed session or a dead end inside the portal.
+    if target is None:
+        return None
     currents = {item.tax_behavior for item in sub.items}
     if not sub.items or None in currents or "unspecified" in currents:
         return Refusal(
@@ -223,8 +227,14 @@ def _tax_behavior_refusal(sub: SubscriptionFacts, target: str | None) -> Refusal
             "The customer portal cannot change the price of a subscription whose current "
             "price has no tax behavior set (unspecified).",
         )
-    if target is None:
-        return None
+    mismatched = sorted(current for current in currents if current and current != target)
+    if mismatched:
+        return Refusal(
+            TAX_BEHAVIOR_MISMATCH,
+            "The customer portal can only switch to a price with the same tax behavior: "
+            f"the current price is {mismatched[0]!r} and the new one is {target!r}.",
+        )
+    return None
     mismatched = sorted(current for current in currents if current and current != target)
     if mismatched:
         return Refusal(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Response
+from fastapi.responses import JSONResponse
 
 from portal_service.access.billing import (
     customer_profile,
@@ -17,11 +18,12 @@ from portal_service.access.billing import (
     subscriptions_page,
 )
 from portal_service.access.entitlements import (
-    entitlements_etag,
+    entitlements_content,
+    etag_of,
     evaluate_entitlements,
     none_match_hits,
 )
-from portal_service.access.facts import customer_by_id, linked_customer
+from portal_service.access.facts import CustomerAccess, customer_access, linked_customer
 from portal_service.access.policy import AccessPolicy
 from portal_service.access.schemas import (
     BillingCustomer,
@@ -65,7 +67,8 @@ _USER_ERRORS = (Unauthenticated, Forbidden, AuthUnavailable)
 _BACKEND_ERRORS = (Unauthenticated, Forbidden)
 
 
-def _access_policy(settings: AppSettings) -> AccessPolicy:
+async def _access_policy(settings: AppSettings) -> AccessPolicy:
+    # async: a plain `def` dependency would cost a thread-pool hop per request.
     return AccessPolicy(
         past_due_grace_days=settings.access_past_due_grace_days,
         access_during_paused_collection=settings.access_during_paused_collection,
@@ -82,7 +85,9 @@ IfNoneMatch = Annotated[
 async def _caller_customer_or_none(
     user: CurrentUser, session: ReadSession, settings: AppSettings
 ) -> Customer | None:
-    return await linked_customer(session, app_user_id=user.user_id, livemode=settings.livemode)
+    return await linked_customer(
+        session, app_user_id=user.user_id, livemode=settings.livemode, load_raw=False
+    )
 
 
 async def _caller_customer(
@@ -93,24 +98,27 @@ async def _caller_customer(
     return customer
 
 
-MaybeCallerCustomer = Annotated[Customer | None, Depends(_caller_customer_or_none)]
 CallerCustomer = Annotated[Customer, Depends(_caller_customer)]
 
 
 def _conditional(
-    body: Entitlements,
-    response: Response,
+    customer: CustomerAccess | None,
+    policy: AccessPolicy,
     if_none_match: str | None,
     *,
     extra_headers: dict[str, str] | None = None,
-) -> Any:
-    """The body with its ETag, or an empty 304 when the client's copy is still current."""
-    etag = entitlements_etag(body)
+) -> Response:
+    """The entitlements answer with its ETag, or an empty 304 when the client's copy is current.
+
+    Rendered here once, for the ETag and the body alike, rather than validated and
+    serialised again by FastAPI.
+    """
+    content = entitlements_content(evaluate_entitlements(customer, policy=policy, now=utcnow()))
+    etag = etag_of(content)
     headers = {"ETag": etag, "Cache-Control": ENTITLEMENTS_CACHE_CONTROL, **(extra_headers or {})}
     if none_match_hits(if_none_match, etag):
         return Response(status_code=304, headers=headers)
-    response.headers.update(headers)
-    return body
+    return JSONResponse(content, headers=headers)
 
 
 @router.get(
@@ -149,15 +157,15 @@ async def list_my_subscriptions(
     responses={**_ENTITLEMENT_RESPONSES, **problem_responses(*_USER_ERRORS, InvalidRequest)},
 )
 async def get_my_entitlements(
+    user: CurrentUser,
     session: ReadSession,
-    customer: MaybeCallerCustomer,
+    settings: AppSettings,
     policy: Policy,
-    response: Response,
     if_none_match: IfNoneMatch = None,
-) -> Any:
-    body = await evaluate_entitlements(session, customer, policy=policy, now=utcnow())
+) -> Response:
+    customer = await customer_access(session, app_user_id=user.user_id, livemode=settings.livemode)
     # The same URL answers for whoever holds the token: a cache must key on it.
-    return _conditional(body, response, if_none_match, extra_headers={"Vary": "Authorization"})
+    return _conditional(customer, policy, if_none_match, extra_headers={"Vary": "Authorization"})
 
 
 @router.get(
@@ -202,15 +210,13 @@ async def get_customer_entitlements(
     session: ReadSession,
     settings: AppSettings,
     policy: Policy,
-    response: Response,
     customer_id: Annotated[str, Path(examples=["cus_123"])],
     if_none_match: IfNoneMatch = None,
-) -> Any:
-    customer = await customer_by_id(session, customer_id, livemode=settings.livemode)
+) -> Response:
+    customer = await customer_access(session, customer_id=customer_id, livemode=settings.livemode)
     if customer is None:
         raise CustomerNotFound()
-    body = await evaluate_entitlements(session, customer, policy=policy, now=utcnow())
-    return _conditional(body, response, if_none_match)
+    return _conditional(customer, policy, if_none_match)
 
 
 @router.get(
@@ -226,10 +232,8 @@ async def get_user_entitlements(
     session: ReadSession,
     settings: AppSettings,
     policy: Policy,
-    response: Response,
     app_user_id: Annotated[str, Path(examples=["user_42"])],
     if_none_match: IfNoneMatch = None,
-) -> Any:
-    customer = await linked_customer(session, app_user_id=app_user_id, livemode=settings.livemode)
-    body = await evaluate_entitlements(session, customer, policy=policy, now=utcnow())
-    return _conditional(body, response, if_none_match)
+) -> Response:
+    customer = await customer_access(session, app_user_id=app_user_id, livemode=settings.livemode)
+    return _conditional(customer, policy, if_none_match)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from portal_service.pagination import Page
 
@@ -177,6 +178,13 @@ class Entitlements(Schema):
         description="Lookup keys of the customer's active Stripe Entitlements features, sorted.",
         examples=[["premium-export"]],
     )
-    evaluated_at: datetime = Field(
-        description="When this answer was computed; not part of the ETag."
+    # Absent rather than null when there is none: the schema says "optional date-time".
+    evaluated_at: Annotated[
+        datetime | None, WithJsonSchema({"type": "string", "format": "date-time"})
+    ] = Field(
+        default=None,
+        description=(
+            "When this answer was computed; not part of the ETag. Absent from the empty "
+            "answer of a user without a billing customer."
+        ),
     )
