@@ -33,9 +33,9 @@ from typing import Any
 
 import httpx
 import jwt
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from portal_service import migrations
 from portal_service.config import Settings
@@ -340,8 +340,12 @@ async def run_backend(
         async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
             if with_baseline:
                 results.append(await bench_healthz(client, scale=scale))
-            results.append(await bench_entitlements(client, backend, database_url, scale=scale))
-            results.extend(await bench_webhooks(client, backend, scale=scale))
+            results.append(
+                await bench_entitlements(
+                    client, app.state.engine, backend, database_url, scale=scale
+                )
+            )
+            results.extend(await bench_webhooks(client, app.state.engine, backend, scale=scale))
     return results
 
 
@@ -355,7 +359,12 @@ async def bench_healthz(client: httpx.AsyncClient, *, scale: float) -> Result:
 
 
 async def bench_entitlements(
-    client: httpx.AsyncClient, backend: str, database_url: str, *, scale: float
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    backend: str,
+    database_url: str,
+    *,
+    scale: float,
 ) -> Result:
     result = Result("GET /me/entitlements", backend)
     await seed_reader(database_url)
@@ -375,15 +384,21 @@ async def bench_entitlements(
     for _ in range(50):
         await client.get("/me/entitlements", headers=headers)
     count = max(50, int(1500 * scale))
-    await timed(
-        result,
-        [lambda: client.get("/me/entitlements", headers=headers)] * count,
-        expect=expect_status(200),
-    )
+    with counting_statements(engine) as counted:
+        await timed(
+            result,
+            [lambda: client.get("/me/entitlements", headers=headers)] * count,
+            expect=expect_status(200),
+        )
+    # On SQLite the read's deferred BEGIN is one of these (see counting_statements).
+    note = f"{counted['statement'] / count:.1f} SQL statements per request"
+    result.note = f"{note}; {result.note}" if result.note else note
     return result
 
 
-async def bench_webhooks(client: httpx.AsyncClient, backend: str, *, scale: float) -> list[Result]:
+async def bench_webhooks(
+    client: httpx.AsyncClient, engine: AsyncEngine, backend: str, *, scale: float
+) -> list[Result]:
     sequential = Result("POST /webhooks (sequential)", backend)
     concurrent = Result(f"POST /webhooks (concurrency {CONCURRENCY})", backend)
     probe_body, probe_headers = signed(subscription_event("sub_probe", "cus_probe", created=1))
@@ -401,8 +416,47 @@ async def bench_webhooks(client: httpx.AsyncClient, backend: str, *, scale: floa
             partial(client.post, "/webhooks", content=body, headers=headers)
             for body, headers in batch
         ]
-        await timed(result, calls, expect=expect_webhook, concurrency=limit)
+        with counting_statements(engine) as counted:
+            await timed(result, calls, expect=expect_webhook, concurrency=limit)
+        if limit == 1:
+            per_event = counted.total() / len(calls)
+            note = f"{per_event:.1f} SQL statements per event"
+            result.note = f"{note}; {result.note}" if result.note else note
     return [sequential, concurrent]
+
+
+@contextmanager
+def counting_statements(engine: AsyncEngine) -> Iterator[Counter[str]]:
+    """What the engine sends, each a round trip: statements (savepoints included) and
+    BEGIN/COMMIT/ROLLBACK. Not the pool's pre-ping on checkout, which SQLAlchemy runs
+    below these events (on asyncpg: BEGIN, `;`, ROLLBACK)."""
+    counted: Counter[str] = Counter()
+    sync_engine = engine.sync_engine
+
+    def statement(*_args: Any) -> None:
+        counted["statement"] += 1
+
+    def transaction(kind: str) -> Callable[..., None]:
+        def count(*_args: Any) -> None:
+            counted[kind] += 1
+
+        return count
+
+    listeners: list[tuple[str, Callable[..., None]]] = [
+        ("before_cursor_execute", statement),
+        ("commit", transaction("commit")),
+        ("rollback", transaction("rollback")),
+    ]
+    if engine.dialect.name != "sqlite":
+        # SQLite's BEGIN IMMEDIATE is a statement of its own (portal_service.db).
+        listeners.append(("begin", transaction("begin")))
+    for name, listener in listeners:
+        event.listen(sync_engine, name, listener)
+    try:
+        yield counted
+    finally:
+        for name, listener in listeners:
+            event.remove(sync_engine, name, listener)
 
 
 # --- Report --------------------------------------------------------------------------

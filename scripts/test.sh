@@ -2,7 +2,8 @@
 # Runs the whole suite against PostgreSQL, then the SQLite subset.
 # PostgreSQL: TEST_DATABASE_URL if set; else 127.0.0.1:5432 (user postgres); else a
 # throwaway cluster from local binaries (pg_ctl, initdb), removed afterwards.
-# Never skips: no PostgreSQL at all is a failure. Extra arguments go to both pytest runs.
+# Never skips: no PostgreSQL at all is a failure, and so is a run in which no test ran
+# (pytest exit 5). Extra arguments go to both pytest runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -61,7 +62,14 @@ if [[ -z "${TEST_DATABASE_URL:-}" ]]; then
   fi
 fi
 
+case "$TEST_DATABASE_URL" in
+  postgresql*) ;;
+  *) echo "test.sh: TEST_DATABASE_URL must be a postgresql+asyncpg:// URL" >&2; exit 3 ;;
+esac
+
+# Each run names its backend: a PORTAL_TEST_BACKEND=sqlite left in the caller's environment
+# must not turn the PostgreSQL run into a second SQLite subset.
 echo "test.sh: PostgreSQL run"
-"${PYTEST[@]}" "$@"
+PORTAL_TEST_BACKEND=postgresql "${PYTEST[@]}" "$@"
 echo "test.sh: SQLite subset"
 PORTAL_TEST_BACKEND=sqlite "${PYTEST[@]}" -m sqlite "$@"

@@ -34,7 +34,13 @@ class ConfigError(Exception):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        # `VAR=` (and compose's `${VAR:-}`) means unset, for every setting: the default
+        # applies instead of "" failing to parse as a number, a boolean or a choice.
+        env_ignore_empty=True,
     )
 
     environment: Literal["development", "test", "production"] = "development"
@@ -189,7 +195,9 @@ def get_settings() -> Settings:
     return Settings()
 
 
-def _app_settings(request: Request) -> Settings:
+async def _app_settings(request: Request) -> Settings:
+    # async on purpose: FastAPI runs a plain `def` dependency in its thread pool, a thread
+    # hop on every request for a dictionary lookup.
     settings: Settings = request.app.state.settings
     return settings
 

@@ -27,6 +27,8 @@ NAMING_CONVENTION = {
 }
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+# Execution option naming the statement that opens a SQLite transaction (see for_reads).
+_SQLITE_BEGIN = "portal_sqlite_begin"
 
 
 def utcnow() -> datetime:
@@ -68,15 +70,40 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Read-only sessions (`for_reads`) need a snapshot, not the write lock: in WAL mode
+        # a deferred BEGIN never waits for a writer, nor makes one wait.
+        connection.exec_driver_sql(
+            connection.get_execution_options().get(_SQLITE_BEGIN, "BEGIN IMMEDIATE")
+        )
 
 
 def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, echo=echo)
+        engine = create_async_engine(url, echo=echo, hide_parameters=True)
         _configure_sqlite(engine)
         return engine
-    return create_async_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    # hide_parameters: a database error is logged with its statement, never with the
+    # customer data bound to it.
+    return create_async_engine(
+        url,
+        echo=echo,
+        hide_parameters=True,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=10,
+    )
+
+
+def for_reads(engine: AsyncEngine) -> AsyncEngine:
+    """The same engine and pool, for sessions that only read (ReadSession).
+
+    PostgreSQL: no transaction at all. Under READ COMMITTED every statement takes its own
+    snapshot even inside one, so BEGIN and ROLLBACK would be two round trips that buy
+    nothing. SQLite: a deferred BEGIN instead of the writers' BEGIN IMMEDIATE.
+    """
+    if engine.dialect.name == "sqlite":
+        return engine.execution_options(**{_SQLITE_BEGIN: "BEGIN"})
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

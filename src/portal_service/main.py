@@ -13,7 +13,7 @@ from portal_service import __version__
 from portal_service.access.routes import router as access_router
 from portal_service.auth import JwksCache
 from portal_service.config import Settings, get_settings
-from portal_service.db import create_engine, create_sessionmaker
+from portal_service.db import create_engine, create_sessionmaker, for_reads
 from portal_service.errors import document_problems, install_error_handlers
 from portal_service.gateway import Gateway
 from portal_service.gateway.offline import OfflineGateway
@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
         )
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
-        app.state.read_sessionmaker = create_sessionmaker(read_engine)
+        app.state.read_sessionmaker = create_sessionmaker(for_reads(read_engine))
         app.state.gateway = gateway or build_gateway(settings)
         app.state.jwks = JwksCache(settings.auth_jwks_url) if settings.auth_jwks_url else None
         try:
@@ -91,7 +91,7 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
                 "If-None-Match",
                 "X-Request-ID",
             ],
-            expose_headers=["ETag", "X-Request-ID", "Retry-After"],
+            expose_headers=["ETag", "X-Request-ID", "Retry-After", "Idempotent-Replayed"],
             max_age=600,
         )
     app.include_router(ops_router)

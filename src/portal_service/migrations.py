@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from functools import cache
 from pathlib import Path
 
 from alembic import command
@@ -10,6 +11,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from portal_service.db import for_reads
 
 
 def script_location() -> Path:
@@ -29,8 +32,20 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
+@cache
+def _code_revisions() -> tuple[frozenset[str], frozenset[str]]:
+    """(heads, every revision) of the migrations this code ships.
+
+    Read once per process: Alembic finds them by reading and executing every revision
+    file, which must not happen on the event loop at each readiness probe.
+    """
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    heads = frozenset(script.get_heads())
+    return heads, frozenset(rev.revision for rev in script.walk_revisions())
+
+
 def code_heads() -> set[str]:
-    return set(ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads())
+    return set(_code_revisions()[0])
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
@@ -52,17 +67,16 @@ async def downgrade_async(database_url: str, revision: str = "base") -> None:
 
 async def schema_state(engine: AsyncEngine) -> str:
     """`current`, `behind`, `ahead` (a newer deploy migrated it: still ready) or `empty`."""
-    async with engine.connect() as connection:
+    # A read: on SQLite it must not queue for the write lock behind a webhook being applied.
+    async with for_reads(engine).connect() as connection:
         current = await connection.run_sync(
             lambda sync: set(MigrationContext.configure(sync).get_current_heads())
         )
     if not current:
         return "empty"
-    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
-    heads = set(script.get_heads())
+    heads, known = _code_revisions()
     if current == heads:
         return "current"
-    known = {rev.revision for rev in script.walk_revisions()}
     if not current <= known:
         return "ahead"
     return "behind"

@@ -6,11 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from portal_service.config import ConfigError, Settings
 
 PG_URL = "postgresql+asyncpg://portal@db.internal:5432/portal"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -160,6 +162,21 @@ class TestStripeModeSettings:
         assert settings.database_read_url is None
         settings.check()
 
+    def test_every_empty_variable_means_its_default(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        # README: "an empty variable means unset", for numbers, booleans and choices too
+        # (docker-compose.yml passes every setting as `${VAR:-}`).
+        defaults = from_env(monkeypatch)
+        for name in Settings.model_fields:
+            monkeypatch.setenv(name.upper(), "")
+        assert Settings(_env_file=None) == defaults  # type: ignore[call-arg]
+        env_file = tmp_path / ".env"
+        env_file.write_text("".join(f"{name.upper()}=\n" for name in Settings.model_fields))
+        for name in Settings.model_fields:
+            monkeypatch.delenv(name.upper())
+        assert Settings(_env_file=env_file) == defaults  # type: ignore[call-arg]
+
     def test_api_version_defaults_to_the_sdk_pin(self, monkeypatch: pytest.MonkeyPatch) -> None:
         import stripe
 
@@ -219,6 +236,13 @@ class TestDotEnvFile:
             if "=" in line and line.lstrip("# ").split("=", 1)[0].isupper()
         }
         assert {name.upper() for name in Settings.model_fields} <= documented
+
+    def test_compose_passes_every_setting_to_both_services(self) -> None:
+        compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+        passed = compose["x-portal-environment"]
+        assert {name.upper() for name in Settings.model_fields} <= set(passed)
+        for service in ("migrate", "api"):
+            assert compose["services"][service]["environment"] == passed
 
     def test_env_example_as_is_starts_in_development(self) -> None:
         example = Path(__file__).resolve().parents[2] / ".env.example"

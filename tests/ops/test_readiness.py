@@ -113,3 +113,42 @@ class TestReadiness:
             ready = await client.get("/readyz")
         assert ready.status_code == 200
         assert ready.json()["schema"] == "current"
+
+    async def test_sqlite_writer_holding_the_lock_does_not_make_it_unready(
+        self, client_factory: Callable[..., Any], tmp_path: Path
+    ) -> None:
+        # The probe only reads alembic_version: it must not queue for SQLite's write lock
+        # (and report "unreachable" after its timeout) while a webhook is being applied.
+        url = f"sqlite+aiosqlite:///{tmp_path / 'busy.db'}"
+        await migrations.upgrade_async(url)
+        writer_engine = create_engine(url)
+        try:
+            async with writer_engine.connect() as writer:
+                await writer.execute(text("DELETE FROM customers"))  # takes the lock
+                async with client_factory(database_url=url) as client:
+                    ready = await client.get("/readyz")
+                await writer.rollback()
+        finally:
+            await writer_engine.dispose()
+        assert ready.status_code == 200
+        assert ready.json() == {"status": "ready", "database": "ok", "schema": "current"}
+
+    async def test_probes_do_not_read_the_migration_scripts_again(
+        self,
+        client_factory: Callable[..., Any],
+        scratch_database_url: str,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        # Alembic finds the code's revisions by reading and executing every script file:
+        # blocking I/O that must not run on the event loop at every probe.
+        await migrations.upgrade_async(scratch_database_url)
+        async with client_factory(database_url=scratch_database_url) as client:
+            first = await client.get("/readyz")
+
+            def no_disk(*_args: Any, **_kwargs: Any) -> None:
+                raise AssertionError("the migration scripts were read again")
+
+            monkeypatch.setattr(ScriptDirectory, "from_config", no_disk)
+            again = await client.get("/readyz")
+        assert first.status_code == again.status_code == 200
+        assert again.json()["schema"] == "current"
