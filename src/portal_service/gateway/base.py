@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal, Protocol
@@ -17,6 +18,7 @@ ObjectKind = Literal[
     "payment_method",
     "tax_id",
     "price",
+    "product",
     "billing_portal.configuration",
 ]
 
@@ -43,6 +45,26 @@ class StripeIdempotencyConflict(StripeError):
     default_detail = "Stripe saw this idempotency key with different parameters."
 
 
+ListKind = Literal[
+    "customer",
+    "subscription",
+    "invoice",
+    "payment_method",
+    "tax_id",
+    "billing_portal.configuration",
+    "event",
+]
+"""What `Gateway.list_pages` can page through (payment methods and tax ids per customer)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    """One page of a Stripe list, with Stripe's clock (its `Date`) at the time of the read."""
+
+    objects: list[dict[str, Any]]
+    fetched_at: datetime
+
+
 class Gateway(Protocol):
     """What the service needs from Stripe. Errors are DomainErrors: StripeError (Stripe
     refused, 502), StripeObjectMissing (404 from Stripe), StripeUnavailable (network,
@@ -65,6 +87,18 @@ class Gateway(Protocol):
         included: never store or log it."""
         ...
 
+    async def create_portal_configuration(
+        self, params: dict[str, Any], *, idempotency_key: str
+    ) -> Fetched:
+        """POST /v1/billing_portal/configurations; `params` are Stripe's."""
+        ...
+
+    async def update_portal_configuration(
+        self, configuration_id: str, params: dict[str, Any], *, idempotency_key: str
+    ) -> Fetched:
+        """POST /v1/billing_portal/configurations/{id}; `params` are Stripe's."""
+        ...
+
     async def retrieve(self, kind: ObjectKind, object_id: str, *, account: str = "") -> Fetched: ...
 
     async def list_active_entitlements(self, customer_id: str, *, account: str = "") -> Fetched:
@@ -72,6 +106,19 @@ class Gateway(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+    def list_pages(
+        self,
+        kind: ListKind,
+        *,
+        params: dict[str, Any],
+        customer: str | None = None,
+        account: str = "",
+    ) -> AsyncIterator[ListPage]:
+        """Stripe's list of `kind`, page after page (newest first, as Stripe lists), each
+        fetched only when the previous one has been consumed. `customer` is required for
+        payment methods and tax ids. Errors as for every call, raised mid-iteration."""
+        ...
 
 
 async def _gateway(request: Request) -> Gateway:

@@ -11,12 +11,16 @@ import hmac
 import json
 import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from portal_service.db import utcnow
+from portal_service.errors import StripeError
 from portal_service.gateway.base import (
     Fetched,
+    ListKind,
+    ListPage,
     ObjectKind,
     StripeIdempotencyConflict,
     StripeObjectMissing,
@@ -117,6 +121,17 @@ class OfflineGateway:
             return None
         return claims
 
+    async def create_portal_configuration(
+        self, params: dict[str, Any], *, idempotency_key: str
+    ) -> Fetched:
+        # Portal configurations only exist in Stripe; offline sessions ignore them.
+        raise StripeError("Offline mode: portal configurations need STRIPE_API_KEY.")
+
+    async def update_portal_configuration(
+        self, configuration_id: str, params: dict[str, Any], *, idempotency_key: str
+    ) -> Fetched:
+        raise StripeError("Offline mode: portal configurations need STRIPE_API_KEY.")
+
     async def retrieve(self, kind: ObjectKind, object_id: str, *, account: str = "") -> Fetched:
         # Nothing exists in Stripe in offline mode: the mirror is the whole truth.
         raise StripeObjectMissing(f"Offline mode: no {kind} {object_id} outside the mirror.")
@@ -131,3 +146,15 @@ class OfflineGateway:
 
     async def aclose(self) -> None:
         return None
+
+    async def list_pages(
+        self,
+        kind: ListKind,
+        *,
+        params: dict[str, Any],
+        customer: str | None = None,
+        account: str = "",
+    ) -> AsyncIterator[ListPage]:
+        # Nothing exists in Stripe in offline mode: every list is empty.
+        return
+        yield

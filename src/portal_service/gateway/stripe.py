@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import email.utils
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -14,6 +14,8 @@ from portal_service.db import utcnow
 from portal_service.errors import DomainError, StripeError, StripeUnavailable
 from portal_service.gateway.base import (
     Fetched,
+    ListKind,
+    ListPage,
     ObjectKind,
     StripeIdempotencyConflict,
     StripeObjectMissing,
@@ -116,6 +118,35 @@ class StripeGateway:
         )
         return to_jsonable(session.to_dict())  # type: ignore[no-any-return]
 
+    async def create_portal_configuration(
+        self, params: dict[str, Any], *, idempotency_key: str
+    ) -> Fetched:
+        configuration = await self._call(
+            "billing_portal.configurations.create",
+            lambda: self._client.v1.billing_portal.configurations.create_async(
+                params=params,  # type: ignore[arg-type]
+                options={"idempotency_key": idempotency_key},
+            ),
+        )
+        return Fetched(
+            object=to_jsonable(configuration.to_dict()), fetched_at=_stripe_date(configuration)
+        )
+
+    async def update_portal_configuration(
+        self, configuration_id: str, params: dict[str, Any], *, idempotency_key: str
+    ) -> Fetched:
+        configuration = await self._call(
+            "billing_portal.configurations.update",
+            lambda: self._client.v1.billing_portal.configurations.update_async(
+                configuration_id,
+                params=params,  # type: ignore[arg-type]
+                options={"idempotency_key": idempotency_key},
+            ),
+        )
+        return Fetched(
+            object=to_jsonable(configuration.to_dict()), fetched_at=_stripe_date(configuration)
+        )
+
     async def retrieve(self, kind: ObjectKind, object_id: str, *, account: str = "") -> Fetched:
         options: Any = {"stripe_account": account} if account else {}
         v1 = self._client.v1
@@ -126,6 +157,7 @@ class StripeGateway:
             "payment_method": lambda: v1.payment_methods.retrieve_async(object_id, options=options),
             "tax_id": lambda: v1.tax_ids.retrieve_async(object_id, options=options),
             "price": lambda: v1.prices.retrieve_async(object_id, options=options),
+            "product": lambda: v1.products.retrieve_async(object_id, options=options),
             "billing_portal.configuration": lambda: v1.billing_portal.configurations.retrieve_async(
                 object_id, options=options
             ),
@@ -153,6 +185,44 @@ class StripeGateway:
 
     async def aclose(self) -> None:
         await self._http.close_async()  # type: ignore[no-untyped-call]  # untyped in the SDK
+
+    async def list_pages(
+        self,
+        kind: ListKind,
+        *,
+        params: dict[str, Any],
+        customer: str | None = None,
+        account: str = "",
+    ) -> AsyncIterator[ListPage]:
+        options: Any = {"stripe_account": account} if account else {}
+        v1 = self._client.v1
+        listers: dict[str, Callable[[], Awaitable[Any]]] = {
+            "customer": lambda: v1.customers.list_async(params, options),  # type: ignore[arg-type]
+            "subscription": lambda: v1.subscriptions.list_async(params, options),  # type: ignore[arg-type]
+            "invoice": lambda: v1.invoices.list_async(params, options),  # type: ignore[arg-type]
+            "payment_method": lambda: v1.customers.payment_methods.list_async(
+                customer or "",
+                params,  # type: ignore[arg-type]
+                options,
+            ),
+            "tax_id": lambda: v1.customers.tax_ids.list_async(customer or "", params, options),  # type: ignore[arg-type]
+            "billing_portal.configuration": lambda: v1.billing_portal.configurations.list_async(
+                params,  # type: ignore[arg-type]
+                options,
+            ),
+            "event": lambda: v1.events.list_async(params, options),  # type: ignore[arg-type]
+        }
+        if kind in ("payment_method", "tax_id") and not customer:
+            raise ValueError(f"listing {kind} needs a customer")
+        operation = f"{kind}.list"
+        page = await self._call(operation, listers[kind], reads=True)
+        while True:
+            objects = [to_jsonable(item.to_dict()) for item in page.data]
+            yield ListPage(objects=objects, fetched_at=_stripe_date(page))
+            if not page.has_more or not page.data:
+                return
+            # The SDK's own pagination: the same filters, starting after the last object.
+            page = await self._call(operation, page.next_page_async, reads=True)
 
 
 def _retry_after(exc: stripe.StripeError) -> str:

@@ -1,20 +1,23 @@
-"""HTTP routes of the mirror package: POST /webhooks and the /admin/events routes."""
+"""HTTP routes of the mirror package: POST /webhooks, the /admin/events routes and resync."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 
 from portal_service.auth import AdminCaller
 from portal_service.config import AppSettings
 from portal_service.db import DbSession
 from portal_service.errors import (
+    CustomerNotFound,
     EventNotFound,
     Forbidden,
     InvalidPayload,
     InvalidRequest,
     InvalidSignature,
+    StripeError,
+    StripeUnavailable,
     Unauthenticated,
     WebhooksNotConfigured,
     problem_responses,
@@ -30,6 +33,7 @@ from portal_service.mirror.intake import (
     verify,
 )
 from portal_service.mirror.schemas import EventPage, EventStatus, ReplayResult, WebhookAck
+from portal_service.mirror.sync import ResyncResult, Syncer
 from portal_service.pagination import PageParams
 
 router = APIRouter()
@@ -121,3 +125,38 @@ async def admin_replay_event(
 ) -> ReplayResult:
     status, result = await processor.replay(event_id)
     return ReplayResult(id=event_id, status=status, result=result)
+
+
+@router.post(
+    "/admin/customers/{customer_id}/resync",
+    tags=["admin"],
+    summary="Re-fetch one customer's objects from Stripe and apply them",
+    description=(
+        "Fetches the customer, its subscriptions (every status), payment methods, invoices, "
+        "tax ids and active entitlements from Stripe and applies them through the webhook "
+        "upsert path (ordering rules hold). 404 when Stripe has no such customer (a "
+        "mirrored one is marked deleted)."
+    ),
+    responses=problem_responses(
+        Unauthenticated,
+        Forbidden,
+        CustomerNotFound,
+        InvalidRequest,
+        StripeError,
+        StripeUnavailable,
+    ),
+)
+async def admin_resync_customer(
+    _caller: AdminCaller,
+    request: Request,
+    settings: AppSettings,
+    gateway: GatewayDep,
+    customer_id: Annotated[str, Path(max_length=255)],
+) -> ResyncResult:
+    # Its own short transactions, one per page, each after its Stripe call returned: never
+    # the request's session, which would be held across the calls.
+    syncer = Syncer(
+        request.app.state.sessionmaker, gateway, livemode=settings.livemode, rate_limit_retries=0
+    )
+    counts = await syncer.resync_customer(customer_id)
+    return ResyncResult(customer_id=customer_id, **counts)

@@ -227,3 +227,16 @@ MIRROR_TABLES: tuple[type[MirrorColumns], ...] = (
     Entitlement,
     EntitlementSummary,
 )
+
+
+class SyncState(SQLModel, table=True):
+    """Progress of `portal-service sync`, per kind, so `--resume` continues after a crash:
+    `cursor` is the last object id applied (for per-customer kinds, the last customer done)."""
+
+    __tablename__ = "sync_state"
+
+    kind: str = Field(primary_key=True, max_length=64)
+    cursor: str | None = Field(default=None, max_length=255)
+    started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    completed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

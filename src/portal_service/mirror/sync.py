@@ -1,0 +1,537 @@
+"""Backfill and reconciliation (DESIGN.md section 5): page through Stripe and apply what it
+holds through the webhooks' upsert path (`apply_fetched`), so the ordering rules hold.
+
+Stripe is always asked outside any transaction: a page is fetched, then applied in one
+short transaction, which also moves the kind's `sync_state` cursor for `--resume`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal, cast, get_args
+
+from pydantic import BaseModel, Field
+from sqlalchemy import Table, func, not_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from portal_service.db import utcnow
+from portal_service.errors import CustomerNotFound, DomainError, StripeUnavailable
+from portal_service.gateway import Gateway, StripeObjectMissing
+from portal_service.gateway.base import ListKind, ListPage, ObjectKind
+from portal_service.mirror.apply import (
+    ENTITLEMENT_SUMMARY,
+    MirrorKind,
+    Outcome,
+    apply_fetched,
+    apply_missing,
+    watermark,
+)
+from portal_service.mirror.intake import EventProcessor, received_from
+from portal_service.mirror.tables import Customer, StripeEvent, SyncState
+
+SyncKind = Literal[
+    "customers", "subscriptions", "payment_methods", "invoices", "tax_ids", "portal_configurations"
+]
+SYNC_KINDS: tuple[SyncKind, ...] = get_args(SyncKind)
+
+_LIST_KIND: dict[SyncKind, ListKind] = {
+    "customers": "customer",
+    "subscriptions": "subscription",
+    "payment_methods": "payment_method",
+    "invoices": "invoice",
+    "tax_ids": "tax_id",
+    "portal_configurations": "billing_portal.configuration",
+}
+_MIRROR_KIND: dict[SyncKind, MirrorKind] = {
+    "customers": "customer",
+    "subscriptions": "subscription",
+    "payment_methods": "payment_method",
+    "invoices": "invoice",
+    "tax_ids": "tax_id",
+    "portal_configurations": "billing_portal.configuration",
+}
+# Stripe lists these per customer (GET /v1/customers/{id}/...): walked over mirrored customers.
+_PER_CUSTOMER: frozenset[SyncKind] = frozenset({"payment_methods", "tax_ids"})
+# Only these lists accept `created[gte]`.
+_FILTERS_BY_CREATED: frozenset[SyncKind] = frozenset({"customers", "subscriptions", "invoices"})
+_EXTRA_PARAMS: dict[SyncKind, dict[str, Any]] = {"subscriptions": {"status": "all"}}
+
+PAGE_SIZE = 100
+# Customers handed to the per-customer lists at once; the cursor moves when all are done.
+CUSTOMER_BATCH = 20
+RATE_LIMIT_RETRIES = 3
+_MAX_APP_USER_ID_LENGTH = 255  # the width of customers.app_user_id
+
+Sleep = Callable[[float], Awaitable[None]]
+OnPage = Callable[[str, int], None]
+
+
+def parse_only(value: str | None) -> list[SyncKind]:
+    """`--only a,b`: the kinds named, in sync order; every kind when None. ValueError names
+    what is unknown."""
+    if value is None:
+        return list(SYNC_KINDS)
+    names = {name.strip() for name in value.split(",") if name.strip()}
+    unknown = sorted(names - set(SYNC_KINDS))
+    if unknown or not names:
+        raise ValueError(
+            f"unknown kind(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(SYNC_KINDS)}"
+        )
+    return [kind for kind in SYNC_KINDS if kind in names]
+
+
+def parse_since(value: str) -> int:
+    """`--since`: unix seconds, or an ISO date or date-time (UTC when it has no offset)."""
+    text = value.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"not an ISO date or unix time: {value!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp())
+
+
+def _retry_after(exc: StripeUnavailable) -> float | None:
+    """Seconds Stripe asked us to wait (a 429), None when it did not say (an outage)."""
+    value = (exc.headers or {}).get("Retry-After", "")
+    return float(value) if value.strip().isdigit() else None
+
+
+def _table(model: Any) -> Table:
+    return cast(Table, model.__table__)
+
+
+_CUSTOMERS = _table(Customer)
+_SYNC_STATE = _table(SyncState)
+
+
+class Syncer:
+    """Fetches from Stripe through the gateway and applies into the mirror (platform account
+    `account`, the key's mode `livemode`). Counts every object it applies in `results`,
+    keyed (kind, outcome)."""
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        gateway: Gateway,
+        *,
+        livemode: bool,
+        account: str = "",
+        concurrency: int = 4,
+        rate_limit_retries: int = RATE_LIMIT_RETRIES,
+        sleep: Sleep = asyncio.sleep,
+        on_page: OnPage | None = None,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._gateway = gateway
+        self._livemode = livemode
+        self._account = account
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._rate_limit_retries = rate_limit_retries
+        self._sleep = sleep
+        self._on_page = on_page
+        self.results: Counter[tuple[str, str]] = Counter()
+
+    # -- Stripe, outside any transaction -------------------------------------------------
+
+    async def _pages(
+        self, kind: ListKind, params: dict[str, Any], *, customer: str | None = None
+    ) -> AsyncIterator[ListPage]:
+        """The gateway's pages; after a 429 (Retry-After), wait and continue after the last
+        object yielded, a few times. An outage without Retry-After is raised at once."""
+        cursor = params.get("starting_after")
+        attempt = 0
+        while True:
+            query = {**params, "limit": PAGE_SIZE}
+            if cursor:
+                query["starting_after"] = cursor
+            try:
+                async for page in self._gateway.list_pages(
+                    kind, params=query, customer=customer, account=self._account
+                ):
+                    attempt = 0
+                    yield page
+                    if page.objects:
+                        cursor = page.objects[-1]["id"]
+                return
+            except StripeUnavailable as exc:
+                delay = _retry_after(exc)
+                if delay is None or attempt >= self._rate_limit_retries:
+                    raise
+                attempt += 1
+                await self._sleep(delay)
+
+    # -- the mirror, one short transaction per page ----------------------------------------
+
+    async def _apply_page(
+        self, kind: SyncKind, page: ListPage, *, cursor_of: SyncKind | None = None
+    ) -> list[str]:
+        """Apply one page; returns the ids left to settle (a same-second event reached them)."""
+        mirror_kind = _MIRROR_KIND[kind]
+        ties: list[str] = []
+        async with self._sessionmaker() as session:
+            for obj in page.objects:
+                outcome = await apply_fetched(
+                    session,
+                    mirror_kind,
+                    obj,
+                    page.fetched_at,
+                    account=self._account,
+                    livemode=self._livemode,
+                )
+                if outcome is Outcome.REFETCH:
+                    ties.append(obj["id"])
+                else:
+                    self.results[kind, outcome.value] += 1
+                if kind == "customers" and outcome in (Outcome.APPLIED, Outcome.NOOP):
+                    await self._claim_app_user(session, obj)
+            if cursor_of is not None and page.objects:
+                await _save_cursor(session, cursor_of, page.objects[-1]["id"])
+            await session.commit()
+        if self._on_page is not None:
+            self._on_page(kind, len(page.objects))
+        return ties
+
+    async def _settle(self, kind: SyncKind, object_ids: Sequence[str]) -> None:
+        """A page tied with an event of its own second: ask Stripe once more for each object,
+        then apply the answer if the row has not moved since (as intake does for ties)."""
+        mirror_kind = _MIRROR_KIND[kind]
+        for object_id in object_ids:
+            async with self._sessionmaker() as session:
+                seen = await watermark(session, mirror_kind, object_id)
+            try:
+                fetched = await self._gateway.retrieve(
+                    cast(ObjectKind, mirror_kind), object_id, account=self._account
+                )
+            except StripeObjectMissing:
+                fetched = None
+            async with self._sessionmaker() as session:
+                if fetched is None:
+                    outcome = await apply_missing(
+                        session,
+                        mirror_kind,
+                        object_id,
+                        utcnow(),
+                        account=self._account,
+                        livemode=self._livemode,
+                        supersedes=seen,
+                    )
+                else:
+                    outcome = await apply_fetched(
+                        session,
+                        mirror_kind,
+                        fetched.object,
+                        fetched.fetched_at,
+                        account=self._account,
+                        livemode=self._livemode,
+                        supersedes=seen,
+                    )
+                await session.commit()
+            # Still tied: the event's state stays; its own successor event settles it.
+            self.results[kind, "tie" if outcome is Outcome.REFETCH else outcome.value] += 1
+
+    async def _claim_app_user(self, session: AsyncSession, obj: dict[str, Any]) -> None:
+        """DESIGN.md section 2: sync (never a webhook) links the customer to the app user its
+        metadata names, when the row has no user yet and no other live customer of the same
+        mode and account holds that one."""
+        metadata = obj.get("metadata")
+        user = metadata.get("app_user_id") if isinstance(metadata, dict) else None
+        if not isinstance(user, str) or not user or len(user) > _MAX_APP_USER_ID_LENGTH:
+            return
+        row = _CUSTOMERS
+        other = _CUSTOMERS.alias("other")
+        held = (
+            select(other.c.id)
+            .where(
+                other.c.livemode == row.c.livemode,
+                other.c.account == row.c.account,
+                other.c.app_user_id == user,
+                not_(other.c.deleted),
+                other.c.id != row.c.id,
+            )
+            .exists()
+        )
+        statement = (
+            update(row)
+            .where(
+                row.c.id == obj["id"],
+                row.c.app_user_id.is_(None),
+                not_(row.c.deleted),
+                not_(held),
+            )
+            .values(app_user_id=user)
+        )
+        try:
+            async with session.begin_nested():
+                result = await session.execute(statement)
+        except IntegrityError:
+            # A concurrent link (PUT /users/{id}/customer) took the user first: it wins.
+            return
+        if getattr(result, "rowcount", 0) == 1:
+            self.results["customers", "linked"] += 1
+
+    # -- whole kinds ---------------------------------------------------------------------
+
+    async def sync_kind(self, kind: SyncKind, *, since: int | None, cursor: str | None) -> None:
+        """Backfill one kind, resuming after `cursor`; marks the kind complete at the end."""
+        if kind in _PER_CUSTOMER:
+            await self._sync_per_customer(kind, cursor=cursor)
+        else:
+            params: dict[str, Any] = dict(_EXTRA_PARAMS.get(kind, {}))
+            if since is not None and kind in _FILTERS_BY_CREATED:
+                params["created"] = {"gte": since}
+            if cursor:
+                params["starting_after"] = cursor
+            async for page in self._pages(_LIST_KIND[kind], params):
+                ties = await self._apply_page(kind, page, cursor_of=kind)
+                await self._settle(kind, ties)
+        async with self._sessionmaker() as session:
+            await session.execute(
+                update(_SYNC_STATE)
+                .where(_SYNC_STATE.c.kind == kind)
+                .values(completed_at=utcnow(), updated_at=utcnow())
+            )
+            await session.commit()
+
+    async def _sync_per_customer(self, kind: SyncKind, *, cursor: str | None) -> None:
+        # Over the mirrored live customers in id order, a batch at a time, each batch's
+        # customers concurrently (bounded by the semaphore). The cursor is the last customer
+        # of a finished batch, so a resume never skips one whose list was cut short.
+        while True:
+            async with self._sessionmaker() as session:
+                query = (
+                    select(_CUSTOMERS.c.id)
+                    .where(
+                        _CUSTOMERS.c.livemode == self._livemode,
+                        _CUSTOMERS.c.account == self._account,
+                        not_(_CUSTOMERS.c.deleted),
+                    )
+                    .order_by(_CUSTOMERS.c.id)
+                    .limit(CUSTOMER_BATCH)
+                )
+                if cursor:
+                    query = query.where(_CUSTOMERS.c.id > cursor)
+                batch = list((await session.execute(query)).scalars().all())
+            if not batch:
+                return
+            # Every task of the batch finishes (no orphan left running) before a failure
+            # is raised; the cursor then stays before this batch.
+            outcomes = await asyncio.gather(
+                *(self._sync_customer_list(kind, c) for c in batch), return_exceptions=True
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            cursor = batch[-1]
+            async with self._sessionmaker() as session:
+                await _save_cursor(session, kind, cursor)
+                await session.commit()
+
+    async def _sync_customer_list(self, kind: SyncKind, customer_id: str) -> int:
+        async with self._semaphore:
+            count = 0
+            try:
+                async for page in self._pages(_LIST_KIND[kind], {}, customer=customer_id):
+                    ties = await self._apply_page(kind, page)
+                    await self._settle(kind, ties)
+                    count += len(page.objects)
+            except StripeObjectMissing:
+                # Deleted in Stripe since it was mirrored: its customer.deleted event (or
+                # the next customers sync) tombstones it; nothing of it to list.
+                self.results[kind, "customer_missing"] += 1
+            return count
+
+    # -- one customer: POST /admin/customers/{id}/resync -----------------------------------
+
+    async def resync_customer(self, customer_id: str) -> dict[str, int]:
+        """Re-fetch one customer and everything of it the mirror holds; the number of
+        objects Stripe returned per kind. CustomerNotFound when Stripe has no such customer
+        (a mirrored row is tombstoned)."""
+        try:
+            fetched = await self._gateway.retrieve("customer", customer_id, account=self._account)
+        except StripeObjectMissing:
+            await self._tombstone_customer(customer_id)
+            raise CustomerNotFound("Stripe has no such customer.") from None
+        page = ListPage(objects=[fetched.object], fetched_at=fetched.fetched_at)
+        await self._settle("customers", await self._apply_page("customers", page))
+        if fetched.object.get("deleted") is True:
+            raise CustomerNotFound("The customer was deleted in Stripe.")
+        counts = {"customers": 1}
+        lists: list[tuple[SyncKind, dict[str, Any], str | None]] = [
+            ("subscriptions", {"status": "all", "customer": customer_id}, None),
+            ("payment_methods", {}, customer_id),
+            ("invoices", {"customer": customer_id}, None),
+            ("tax_ids", {}, customer_id),
+        ]
+        for kind, params, parent in lists:
+            counts[kind] = 0
+            async for listed in self._pages(_LIST_KIND[kind], params, customer=parent):
+                await self._settle(kind, await self._apply_page(kind, listed))
+                counts[kind] += len(listed.objects)
+        summary = await self._gateway.list_active_entitlements(customer_id, account=self._account)
+        async with self._sessionmaker() as session:
+            outcome = await apply_fetched(
+                session,
+                ENTITLEMENT_SUMMARY,
+                summary.object,
+                summary.fetched_at,
+                account=self._account,
+                livemode=self._livemode,
+            )
+            await session.commit()
+        self.results["entitlements", outcome.value] += 1
+        counts["entitlements"] = len(summary.object["entitlements"]["data"])
+        return counts
+
+    async def _tombstone_customer(self, customer_id: str) -> None:
+        async with self._sessionmaker() as session:
+            if await watermark(session, "customer", customer_id) is None:
+                return  # never mirrored: nothing to mark
+            await apply_missing(
+                session,
+                "customer",
+                customer_id,
+                utcnow(),
+                account=self._account,
+                livemode=self._livemode,
+            )
+            await session.commit()
+
+    # -- the Events API: events missed while the service was away -------------------------
+
+    async def catch_up_events(self, processor: EventProcessor) -> Counter[str]:
+        """Record and apply, oldest first and exactly as deliveries, the events Stripe
+        created since the newest one recorded (Stripe keeps 30 days). Events already
+        recorded are skipped. Returns counts by webhook status (`failed`: recorded, not
+        applied: `replay` retries it)."""
+        async with self._sessionmaker() as session:
+            newest = (
+                await session.execute(
+                    select(func.max(_table(StripeEvent).c.created)).where(
+                        _table(StripeEvent).c.account == self._account
+                    )
+                )
+            ).scalar_one_or_none()
+        params: dict[str, Any] = {}
+        if newest is not None:
+            # The same second too: an event from it may not have been delivered yet.
+            params["created"] = {"gte": int(newest.timestamp())}
+        events: list[dict[str, Any]] = []
+        async for page in self._pages("event", params):
+            events.extend(page.objects)
+        recorded = await self._recorded([event["id"] for event in events])
+        results: Counter[str] = Counter()
+        # Stripe lists newest first: reversed, the oldest comes first, ties in creation order.
+        for event in reversed(events):
+            if event["id"] in recorded:
+                results["skipped"] += 1
+                continue
+            try:
+                status = await processor.receive(received_from(event))
+            except DomainError:
+                results["failed"] += 1
+                continue
+            results[status] += 1
+            if self._on_page is not None:
+                self._on_page("events", 1)
+        return results
+
+    async def _recorded(self, event_ids: list[str]) -> set[str]:
+        events = _table(StripeEvent)
+        found: set[str] = set()
+        async with self._sessionmaker() as session:
+            for start in range(0, len(event_ids), 500):
+                chunk = event_ids[start : start + 500]
+                query = select(events.c.id).where(events.c.id.in_(chunk))
+                found.update((await session.execute(query)).scalars().all())
+        return found
+
+
+async def _save_cursor(session: AsyncSession, kind: str, cursor: str) -> None:
+    await session.execute(
+        update(_SYNC_STATE)
+        .where(_SYNC_STATE.c.kind == kind)
+        .values(cursor=cursor, updated_at=utcnow())
+    )
+
+
+async def start_kinds(
+    sessionmaker: async_sessionmaker[AsyncSession], kinds: Sequence[SyncKind], *, resume: bool
+) -> dict[SyncKind, str | None]:
+    """The kinds to sync now and the cursor each resumes after. Without `resume`, every kind
+    starts over. With it, a kind a previous run completed is skipped and one it left
+    unfinished continues after its cursor."""
+    todo: dict[SyncKind, str | None] = {}
+    async with sessionmaker() as session:
+        existing = {
+            row.kind: row
+            for row in (
+                await session.execute(
+                    select(_SYNC_STATE).where(_SYNC_STATE.c.kind.in_(list(kinds)))
+                )
+            ).all()
+        }
+        now = utcnow()
+        for kind in kinds:
+            row = existing.get(kind)
+            if resume and row is not None:
+                if row.completed_at is None:
+                    todo[kind] = row.cursor
+                continue
+            if row is None:
+                session.add(SyncState(kind=kind, started_at=now, updated_at=now))
+            else:
+                await session.execute(
+                    update(_SYNC_STATE)
+                    .where(_SYNC_STATE.c.kind == kind)
+                    .values(cursor=None, started_at=now, updated_at=now, completed_at=None)
+                )
+            todo[kind] = None
+        await session.commit()
+    return todo
+
+
+async def run_sync(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    gateway: Gateway,
+    *,
+    livemode: bool,
+    kinds: Sequence[SyncKind],
+    since: int | None = None,
+    resume: bool = False,
+    concurrency: int = 4,
+    sleep: Sleep = asyncio.sleep,
+    on_page: OnPage | None = None,
+) -> Counter[tuple[str, str]]:
+    """`portal-service sync` without its command line: every kind of `kinds` in order."""
+    syncer = Syncer(
+        sessionmaker,
+        gateway,
+        livemode=livemode,
+        concurrency=concurrency,
+        sleep=sleep,
+        on_page=on_page,
+    )
+    todo = await start_kinds(sessionmaker, kinds, resume=resume)
+    for kind, cursor in todo.items():
+        await syncer.sync_kind(kind, since=since, cursor=cursor)
+    return syncer.results
+
+
+class ResyncResult(BaseModel):
+    """What `POST /admin/customers/{id}/resync` fetched from Stripe and applied, per kind."""
+
+    customer_id: str
+    customers: int
+    subscriptions: int
+    payment_methods: int
+    invoices: int
+    tax_ids: int
+    entitlements: int = Field(description="Active Stripe Entitlements features.")

@@ -1,0 +1,169 @@
+"""`portal-service sync`: backfill the mirror from Stripe, or catch up from its Events API
+(DESIGN.md section 5). Registered on the CLI with `app.command()(sync)`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from portal_service.mirror.sync import SYNC_KINDS, SyncKind, parse_only, parse_since
+
+if TYPE_CHECKING:
+    from portal_service.config import Settings
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"portal-service: {message}", err=True)
+    return typer.Exit(code=2)
+
+
+def sync(
+    events: Annotated[
+        bool,
+        typer.Option(
+            "--events",
+            help="Catch up from Stripe's Events API (30 days) after the newest recorded "
+            "event, recording and applying each as a delivery, oldest first.",
+        ),
+    ] = False,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Only objects created at or after this ISO date / date-time (UTC) or unix "
+            "time (customers, subscriptions, invoices)."
+        ),
+    ] = None,
+    only: Annotated[
+        str | None,
+        typer.Option(help=f"Comma-separated kinds to sync: {','.join(SYNC_KINDS)}."),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted sync: skip kinds it completed, continue the others "
+            "after the last object applied.",
+        ),
+    ] = False,
+    concurrency: Annotated[
+        int, typer.Option(min=1, max=16, help="Customers whose lists are fetched at once.")
+    ] = 4,
+) -> None:
+    """Backfill the mirror from Stripe through the webhooks' upsert path (ordering holds)."""
+    try:
+        kinds = parse_only(only)
+    except ValueError as exc:
+        raise _fail(f"--only: {exc}") from None
+    try:
+        since_ts = parse_since(since) if since is not None else None
+    except ValueError as exc:
+        raise _fail(f"--since: {exc}") from None
+    from portal_service.cli import _settings
+    from portal_service.errors import DomainError
+
+    settings = _settings()
+    if settings.offline:
+        raise _fail("sync needs STRIPE_API_KEY (offline mode has no Stripe to read)")
+    try:
+        _run(
+            settings,
+            events=events,
+            kinds=kinds,
+            since=since_ts,
+            resume=resume,
+            concurrency=concurrency,
+        )
+    except DomainError as exc:
+        typer.echo(f"portal-service: sync stopped: {exc.code}: {exc.detail}", err=True)
+        if not events:
+            typer.echo("portal-service: run `portal-service sync --resume` to continue", err=True)
+        raise typer.Exit(code=1) from None
+
+
+def _run(
+    settings: Settings,
+    *,
+    events: bool,
+    kinds: list[SyncKind],
+    since: int | None,
+    resume: bool,
+    concurrency: int,
+) -> None:
+    if events:
+        counts = asyncio.run(sync_events(settings))
+        summary = ", ".join(f"{name} {count}" for name, count in sorted(counts.items()))
+        typer.echo(f"events: {counts.total()}" + (f" ({summary})" if summary else ""))
+        if counts["failed"]:
+            raise typer.Exit(code=1)
+        return
+    results = asyncio.run(
+        sync_objects(settings, kinds=kinds, since=since, resume=resume, concurrency=concurrency)
+    )
+    for kind in kinds:
+        outcomes = {o: n for (k, o), n in sorted(results.items()) if k == kind}
+        detail = ", ".join(f"{o} {n}" for o, n in outcomes.items())
+        typer.echo(f"{kind}: {sum(outcomes.values())}" + (f" ({detail})" if detail else ""))
+
+
+async def sync_objects(
+    settings: Settings,
+    *,
+    kinds: list[SyncKind],
+    since: int | None,
+    resume: bool,
+    concurrency: int,
+) -> Counter[tuple[str, str]]:
+    from rich.progress import Progress, TaskID
+
+    from portal_service.db import create_engine, create_sessionmaker
+    from portal_service.main import build_gateway
+    from portal_service.mirror.sync import run_sync
+
+    engine = create_engine(settings.database_url)
+    gateway = build_gateway(settings)
+    try:
+        with Progress(transient=False) as progress:
+            tasks: dict[str, TaskID] = {kind: progress.add_task(kind, total=None) for kind in kinds}
+            return await run_sync(
+                create_sessionmaker(engine),
+                gateway,
+                livemode=settings.livemode,
+                kinds=kinds,
+                since=since,
+                resume=resume,
+                concurrency=concurrency,
+                on_page=lambda kind, n: progress.advance(tasks[kind], n),
+            )
+    finally:
+        await gateway.aclose()
+        await engine.dispose()
+
+
+async def sync_events(settings: Settings) -> Counter[str]:
+    from rich.progress import Progress
+
+    from portal_service.db import create_engine, create_sessionmaker
+    from portal_service.main import build_gateway
+    from portal_service.mirror.intake import EventProcessor
+    from portal_service.mirror.sync import Syncer
+
+    engine = create_engine(settings.database_url)
+    gateway = build_gateway(settings)
+    try:
+        sessionmaker = create_sessionmaker(engine)
+        processor = EventProcessor.for_settings(sessionmaker, gateway, settings)
+        with Progress(transient=False) as progress:
+            task = progress.add_task("events", total=None)
+            syncer = Syncer(
+                sessionmaker,
+                gateway,
+                livemode=settings.livemode,
+                on_page=lambda _kind, n: progress.advance(task, n),
+            )
+            return await syncer.catch_up_events(processor)
+    finally:
+        await gateway.aclose()
+        await engine.dispose()
