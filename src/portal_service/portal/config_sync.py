@@ -1,0 +1,474 @@
+"""`portal-service portal-config diff|apply` (DESIGN.md section 8): the file's portal
+configurations against Stripe's for the key's mode, and the writes that make Stripe match.
+
+Only what the file declares is compared and sent: a field the file leaves out stays as
+Stripe (or the Dashboard) has it. Stripe calls happen first; the mirror write after them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import json
+import os
+import re
+import tempfile
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from portal_service.errors import DomainError
+from portal_service.gateway import Fetched, Gateway, StripeObjectMissing
+from portal_service.mirror.apply import apply_fetched
+from portal_service.portal.configs import NamedConfiguration, PortalConfigFile
+
+# Lists Stripe may return in another order than the file's: compared as sets.
+_UNORDERED = frozenset({"allowed_updates", "options", "default_allowed_updates", "prices"})
+_PRODUCTS = "features.subscription_update.products"
+
+
+class ConfigSyncError(Exception):
+    """diff/apply cannot go on; the message is one line for the operator."""
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    path: str
+    declared: Any
+    actual: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """One named configuration of the file, against Stripe's for this mode."""
+
+    name: str
+    configuration_id: str | None  # None: none for this mode yet, to create
+    params: dict[str, Any]
+    differences: tuple[Difference, ...]
+    current: Fetched | None  # Stripe's configuration, when there is one
+
+    @property
+    def changed(self) -> bool:
+        return self.configuration_id is None or bool(self.differences)
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    name: str
+    action: Literal["created", "updated", "unchanged"]
+    fetched: Fetched
+
+    @property
+    def configuration_id(self) -> str:
+        return str(self.fetched.object["id"])
+
+
+def mode_name(*, livemode: bool) -> Literal["live", "test"]:
+    return "live" if livemode else "test"
+
+
+def declared_params(configuration: NamedConfiguration) -> dict[str, Any]:
+    """Stripe's create/update parameters for what the file declares (unset fields left out)."""
+    return configuration.model_dump(mode="json", exclude_none=True, exclude={"ids"})
+
+
+def _products_by_id(products: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(products, list):
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for entry in products:
+        if isinstance(entry, dict) and isinstance(entry.get("product"), str):
+            out[entry["product"]] = {k: v for k, v in entry.items() if k != "product"}
+    return out
+
+
+def _leaves(value: Any, path: str) -> Iterator[tuple[str, Any]]:
+    if path == _PRODUCTS:
+        products = _products_by_id(value)
+        yield path, sorted(products)
+        for product_id in sorted(products):
+            yield from _leaves(products[product_id], f"{path}[{product_id}]")
+    elif isinstance(value, dict):
+        for key in sorted(value):
+            yield from _leaves(value[key], f"{path}.{key}" if path else key)
+    else:
+        yield path, value
+
+
+def _actual_at(obj: dict[str, Any], path: str) -> Any:
+    if path == _PRODUCTS:
+        return sorted(_products_by_id(_walk(obj, path.split("."))))
+    match = re.fullmatch(re.escape(_PRODUCTS) + r"\[([^\]]+)\]\.(.+)", path)
+    if match is not None:
+        products = _products_by_id(_walk(obj, _PRODUCTS.split(".")))
+        return _walk(products.get(match.group(1)), match.group(2).split("."))
+    return _walk(obj, path.split("."))
+
+
+def _walk(value: Any, keys: list[str]) -> Any:
+    for key in keys:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _normalised(path: str, value: Any) -> Any:
+    if isinstance(value, list) and path.rsplit(".", 1)[-1] in _UNORDERED:
+        return sorted(value, key=str)
+    return value
+
+
+def compare(configuration: NamedConfiguration, stripe_object: dict[str, Any]) -> list[Difference]:
+    """The declared fields whose value differs in Stripe's configuration, in path order."""
+    differences = []
+    for path, declared in _leaves(declared_params(configuration), ""):
+        actual = _actual_at(stripe_object, path)
+        if _normalised(path, declared) != _normalised(path, actual):
+            differences.append(Difference(path=path, declared=declared, actual=actual))
+    return differences
+
+
+def _stripe_failure(exc: DomainError, what: str) -> ConfigSyncError:
+    return ConfigSyncError(f"{what}: {exc.detail}")
+
+
+async def plan_configurations(
+    gateway: Gateway, config_file: PortalConfigFile, *, livemode: bool
+) -> list[Plan]:
+    """Each named configuration (in name order) against Stripe's for this mode."""
+    plans = []
+    for name in sorted(config_file.configurations):
+        configuration = config_file.configurations[name]
+        params = declared_params(configuration)
+        configuration_id = configuration.id_for(livemode=livemode)
+        if configuration_id is None:
+            plans.append(Plan(name, None, params, (), None))
+            continue
+        try:
+            current = await gateway.retrieve("billing_portal.configuration", configuration_id)
+        except StripeObjectMissing:
+            raise ConfigSyncError(
+                f"configuration {name}: {configuration_id} does not exist in Stripe "
+                f"({mode_name(livemode=livemode)} mode)"
+            ) from None
+        except DomainError as exc:
+            raise _stripe_failure(exc, f"configuration {name}: reading {configuration_id}") from exc
+        differences = tuple(compare(configuration, current.object))
+        plans.append(Plan(name, configuration_id, params, differences, current))
+    return plans
+
+
+async def check_catalog(
+    gateway: Gateway, config_file: PortalConfigFile, *, livemode: bool
+) -> list[str]:
+    """One line per product or price the file names that this mode's Stripe lacks, or
+    per price listed under a product it does not belong to."""
+    listed: dict[str, set[str]] = {}
+    for configuration in config_file.configurations.values():
+        update = configuration.features.subscription_update
+        for entry in update.products if update is not None else []:
+            listed.setdefault(entry.product, set()).update(entry.prices)
+    mode = mode_name(livemode=livemode)
+    problems = []
+    for product_id in sorted(listed):
+        try:
+            await gateway.retrieve("product", product_id)
+        except StripeObjectMissing:
+            problems.append(f"product {product_id}: not found in Stripe ({mode} mode)")
+        except DomainError as exc:
+            raise _stripe_failure(exc, f"reading product {product_id}") from exc
+        for price_id in sorted(listed[product_id]):
+            try:
+                price = await gateway.retrieve("price", price_id)
+            except StripeObjectMissing:
+                problems.append(f"price {price_id}: not found in Stripe ({mode} mode)")
+                continue
+            except DomainError as exc:
+                raise _stripe_failure(exc, f"reading price {price_id}") from exc
+            owner = price.object.get("product")
+            if isinstance(owner, dict):
+                owner = owner.get("id")
+            if owner != product_id:
+                problems.append(
+                    f"price {price_id}: belongs to product {owner}, not {product_id} "
+                    "(listed under it in the file)"
+                )
+    return problems
+
+
+def _digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def idempotency_key(plan: Plan, *, livemode: bool) -> str:
+    """The same plan gives the same key, so a retried apply (after a timeout, a crash
+    before the ids were recorded) gets Stripe's first answer instead of a second
+    configuration. An update's key also covers the state it changes: after someone
+    edits the configuration in the Dashboard, the next apply is a new request, not a
+    replay of the previous one."""
+    before = [[d.path, d.actual] for d in plan.differences]
+    material = {
+        "mode": mode_name(livemode=livemode),
+        "id": plan.configuration_id,
+        "params": plan.params,
+        "before": before,
+    }
+    return f"portal-config-{plan.name}-{_digest(material)}"
+
+
+def _update_params(params: dict[str, Any]) -> dict[str, Any]:
+    # The SDK sends nothing for an empty list; Stripe clears a list given "".
+    def clear(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clear(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clear(v) for v in value] if value else ""
+        return value
+
+    cleared: dict[str, Any] = clear(params)
+    return cleared
+
+
+async def write_configurations(
+    gateway: Gateway,
+    plans: list[Plan],
+    *,
+    livemode: bool,
+    created: dict[str, str],
+) -> list[Written]:
+    """Create or update each changed plan's configuration; `created` receives name → id
+    of each configuration created, as soon as Stripe answers (recorded even if a later
+    write fails)."""
+    written = []
+    for plan in plans:
+        key = idempotency_key(plan, livemode=livemode)
+        try:
+            if plan.configuration_id is None:
+                fetched = await gateway.create_portal_configuration(
+                    plan.params, idempotency_key=key
+                )
+                created[plan.name] = str(fetched.object["id"])
+                written.append(Written(plan.name, "created", fetched))
+            elif plan.differences:
+                fetched = await gateway.update_portal_configuration(
+                    plan.configuration_id,
+                    _update_params(plan.params),
+                    idempotency_key=key,
+                )
+                written.append(Written(plan.name, "updated", fetched))
+            else:
+                assert plan.current is not None  # noqa: S101 - a plan with an id was read
+                written.append(Written(plan.name, "unchanged", plan.current))
+        except DomainError as exc:
+            verb = "creating" if plan.configuration_id is None else "updating"
+            raise _stripe_failure(exc, f"configuration {plan.name}: {verb}") from exc
+    return written
+
+
+async def mirror_configurations(
+    sessionmaker: async_sessionmaker[AsyncSession], written: list[Written], *, livemode: bool
+) -> None:
+    """Stripe's answers into `portal_configurations`, in one transaction."""
+    async with sessionmaker() as session:
+        for item in written:
+            await apply_fetched(
+                session,
+                "billing_portal.configuration",
+                item.fetched.object,
+                item.fetched.fetched_at,
+                livemode=livemode,
+            )
+        await session.commit()
+
+
+class CatalogProblems(ConfigSyncError):
+    """Products or prices the file names are missing in Stripe: nothing was written."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(
+            f"nothing written: {len(problems)} product(s) or price(s) missing or misplaced"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    written: list[Written]
+    recorded: dict[str, str]  # name → id of the configurations created, now in the file
+
+
+async def apply_file(
+    gateway: Gateway,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    path: str | Path,
+    config_file: PortalConfigFile,
+    *,
+    livemode: bool,
+) -> Applied:
+    """Read Stripe, check the catalog, write Stripe, record new ids in the file, then the
+    mirror. ConfigSyncError (CatalogProblems before any write) when it cannot go on."""
+    created: dict[str, str] = {}
+    try:
+        plans = await plan_configurations(gateway, config_file, livemode=livemode)
+        problems = await check_catalog(gateway, config_file, livemode=livemode)
+        if problems:
+            raise CatalogProblems(problems)
+        written = await write_configurations(gateway, plans, livemode=livemode, created=created)
+    finally:
+        # Even when a later write failed: an id left unrecorded is a configuration the next
+        # apply creates again once Stripe's idempotency window (24 hours) has passed.
+        if created:
+            await asyncio.to_thread(record_ids, path, created, livemode=livemode)
+    try:
+        await mirror_configurations(sessionmaker, written, livemode=livemode)
+    except (SQLAlchemyError, OSError) as exc:
+        first = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise ConfigSyncError(f"Stripe is updated, but the mirror write failed: {first}") from exc
+    return Applied(written=written, recorded=created)
+
+
+# ---- recording ids in the file -------------------------------------------------------
+#
+# tomllib cannot write, and rewriting the file from its parsed form would drop the
+# operator's comments and layout. So the edit is textual and targeted (the `ids` of one
+# configuration), and then checked: the edited text must parse to exactly the old data
+# with those ids set, or the file is left alone and the ids are reported instead.
+
+_HEADER = re.compile(r"^\s*\[(?!\[)(?P<key>[^\]#]+)\]\s*(?:#.*)?$")
+
+
+def _header_path(line: str) -> tuple[str, ...] | None:
+    match = _HEADER.match(line)
+    if match is None:
+        return None
+    try:
+        data: Any = tomllib.loads(f"[{match.group('key')}]\n")
+    except tomllib.TOMLDecodeError:
+        return None
+    path: list[str] = []
+    while isinstance(data, dict) and len(data) == 1:
+        key = next(iter(data))
+        path.append(key)
+        data = data[key]
+    return tuple(path)
+
+
+def _section(lines: list[str], path: tuple[str, ...]) -> tuple[int, int] | None:
+    """(header index, end index) of the `[path]` table, the end being the next header."""
+    start = None
+    for index, line in enumerate(lines):
+        is_header = line.lstrip().startswith("[")
+        if start is not None and is_header:
+            return start, index
+        if is_header and _header_path(line) == path:
+            start = index
+    return (start, len(lines)) if start is not None else None
+
+
+def _set_id(text: str, name: str, mode: str, configuration_id: str) -> str:
+    newline = "\r\n" if "\r\n" in text else "\n"
+    lines = text.splitlines(keepends=True)
+    value = json.dumps(configuration_id)  # a bpc_ id: a valid TOML basic string
+    ids_table = _section(lines, ("configurations", name, "ids"))
+    if ids_table is not None:
+        start, end = ids_table
+        for index in range(start + 1, end):
+            match = re.match(rf'^(\s*)"?{mode}"?\s*=', lines[index])
+            if match is not None:
+                lines[index] = f"{match.group(1)}{mode} = {value}{newline}"
+                return "".join(lines)
+        lines.insert(start + 1, f"{mode} = {value}{newline}")
+        return "".join(lines)
+    table = _section(lines, ("configurations", name))
+    if table is not None:
+        start, end = table
+        for index in range(start + 1, end):
+            line = lines[index]
+            inline = re.match(r"^(\s*)ids\s*=\s*\{[^}]*\}(.*)$", line.rstrip("\r\n"))
+            if inline is not None:
+                ids: dict[str, Any] = tomllib.loads(line[: line.index("}") + 1])["ids"]
+                ids[mode] = configuration_id
+                body = ", ".join(f"{k} = {json.dumps(v)}" for k, v in ids.items())
+                lines[index] = f"{inline.group(1)}ids = {{ {body} }}{inline.group(2)}{newline}"
+                return "".join(lines)
+            dotted = re.match(rf'^(\s*)ids\s*\.\s*"?{mode}"?\s*=', line)
+            if dotted is not None:
+                lines[index] = f"{dotted.group(1)}ids.{mode} = {value}{newline}"
+                return "".join(lines)
+        lines.insert(start + 1, f"ids = {{ {mode} = {value} }}{newline}")
+        return "".join(lines)
+    # The configuration is only declared through sub-tables (or not as a table at all):
+    # a table of its own at the end; the check below refuses it if TOML does not allow it.
+    if lines and not lines[-1].endswith(("\n", "\r")):
+        lines.append(newline)
+    lines.append(f"{newline}[configurations.{name}.ids]{newline}{mode} = {value}{newline}")
+    return "".join(lines)
+
+
+def record_ids(path: str | Path, ids: dict[str, str], *, livemode: bool) -> None:
+    """Write `ids` (configuration name → id) into the file's `ids` for this mode, leaving
+    every other line as it was. ConfigSyncError, and the file untouched, if the edit
+    cannot be made safely."""
+    path = Path(path)
+    mode = mode_name(livemode=livemode)
+    text = path.read_bytes().decode()
+    expected = copy.deepcopy(tomllib.loads(text))
+    edited = text
+    for name in sorted(ids):
+        edited = _set_id(edited, name, mode, ids[name])
+        entry = expected.setdefault("configurations", {}).setdefault(name, {})
+        entry.setdefault("ids", {})[mode] = ids[name]
+    try:
+        parsed = tomllib.loads(edited)
+    except tomllib.TOMLDecodeError:
+        parsed = None
+    if parsed != expected:
+        listing = ", ".join(f"{name} = {ids[name]}" for name in sorted(ids))
+        raise ConfigSyncError(
+            f"could not record the {mode} ids in {path}; add them by hand: {listing}"
+        )
+    # Atomically, keeping the file's permissions: a crash leaves the old or the new file.
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(edited.encode())
+        os.chmod(temporary, path.stat().st_mode & 0o7777)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+# ---- output ----------------------------------------------------------------------------
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def diff_lines(plans: list[Plan], *, livemode: bool) -> list[tuple[str, str | None]]:
+    """(line, rich style) of the diff: `-` Stripe's value, `+` the file's."""
+    mode = mode_name(livemode=livemode)
+    out: list[tuple[str, str | None]] = []
+    for plan in plans:
+        if plan.configuration_id is None:
+            out.append((f"+ configuration {plan.name}: to create ({mode} mode)", "green"))
+            for path, value in _leaves(plan.params, ""):
+                out.append((f"+   {path} = {_shown(value)}", "green"))
+        elif plan.differences:
+            out.append((f"~ configuration {plan.name} ({plan.configuration_id})", "yellow"))
+            for difference in plan.differences:
+                out.append((f"-   {difference.path} = {_shown(difference.actual)}", "red"))
+                out.append((f"+   {difference.path} = {_shown(difference.declared)}", "green"))
+        else:
+            out.append((f"  configuration {plan.name} ({plan.configuration_id}): identical", None))
+    return out
