@@ -13,6 +13,8 @@ import typer
 from pydantic import ValidationError
 
 from portal_service.config import ConfigError, Settings, get_settings
+from portal_service.mirror.sync_cli import sync
+from portal_service.portal.config_cli import portal_config_app
 
 if TYPE_CHECKING:
     from portal_service.mirror.replay import ReplaySummary
@@ -171,6 +173,11 @@ async def _replay(
     finally:
         await gateway.aclose()
         await engine.dispose()
+
+
+# Written next to what they drive (mirror/, portal/), registered here.
+app.command()(sync)
+app.add_typer(portal_config_app)
 
 
 def main() -> None:
