@@ -235,11 +235,3 @@ def _tax_behavior_refusal(sub: SubscriptionFacts, target: str | None) -> Refusal
             f"the current price is {mismatched[0]!r} and the new one is {target!r}.",
         )
     return None
-    mismatched = sorted(current for current in currents if current and current != target)
-    if mismatched:
-        return Refusal(
-            TAX_BEHAVIOR_MISMATCH,
-            "The customer portal can only switch to a price with the same tax behavior: "
-            f"the current price is {mismatched[0]!r} and the new one is {target!r}.",
-        )
-    return None
