@@ -20,8 +20,10 @@ from sqlalchemy import Executable, Select, Table, bindparam, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import SQLModel
 
 from portal_service.db import utcnow
+from portal_service.gateway import Fetched
 from portal_service.mirror import stripe_models as sm
 from portal_service.mirror import tables
 from portal_service.mirror.locks import lock_object
@@ -89,7 +91,7 @@ def floor_second(moment: datetime) -> datetime:
     return moment.replace(microsecond=0)
 
 
-def _table(model: type[tables.MirrorColumns]) -> Table:
+def table_of(model: type[SQLModel]) -> Table:
     return cast(Table, model.__table__)  # type: ignore[attr-defined]  # set by SQLModel(table=True)
 
 
@@ -132,7 +134,7 @@ class _Projection:
 
     @property
     def table(self) -> Table:
-        return _table(self.model)
+        return table_of(self.model)
 
 
 def _customer_columns(c: sm.Customer, _action: Action) -> dict[str, Any]:
@@ -183,38 +185,40 @@ def _payment_method_columns(p: sm.PaymentMethod, action: Action) -> dict[str, An
     }
 
 
-def _invoice_columns(i: sm.Invoice, _action: Action) -> dict[str, Any]:
-    return {
-        "customer_id": i.customer,
-        "subscription_id": i.subscription_id,
-        "status": i.status,
-        "currency": i.currency,
-        "amount_due": i.amount_due,
-        "amount_paid": i.amount_paid,
-        "hosted_invoice_url": i.hosted_invoice_url,
-        "paid_at": i.paid_at,
-    }
+def _copied(**columns: str) -> Callable[[Any, Action], dict[str, Any]]:
+    """Columns that copy one model attribute each, named `column=attribute`."""
+
+    def copy(model: Any, _action: Action) -> dict[str, Any]:
+        return {column: getattr(model, attribute) for column, attribute in columns.items()}
+
+    return copy
 
 
-def _tax_id_columns(t: sm.TaxId, _action: Action) -> dict[str, Any]:
-    return {
-        "customer_id": t.customer,
-        "type": t.type,
-        "value": t.value,
-        "verification_status": t.verification_status,
-    }
-
-
-def _configuration_columns(c: sm.PortalConfiguration, _action: Action) -> dict[str, Any]:
-    return {
-        "is_default": c.is_default,
-        "active": c.active,
-        "name": c.name,
-        "default_return_url": c.default_return_url,
-        "features": c.features,
-        "business_profile": c.business_profile,
-        "metadata": c.metadata,
-    }
+_invoice_columns = _copied(
+    customer_id="customer",
+    subscription_id="subscription_id",
+    status="status",
+    currency="currency",
+    amount_due="amount_due",
+    amount_paid="amount_paid",
+    hosted_invoice_url="hosted_invoice_url",
+    paid_at="paid_at",
+)
+_tax_id_columns = _copied(
+    customer_id="customer",
+    type="type",
+    value="value",
+    verification_status="verification_status",
+)
+_configuration_columns = _copied(
+    is_default="is_default",
+    active="active",
+    name="name",
+    default_return_url="default_return_url",
+    features="features",
+    business_profile="business_profile",
+    metadata="metadata",
+)
 
 
 def _session_columns(s: sm.PortalSession, _action: Action) -> dict[str, Any]:
@@ -230,10 +234,6 @@ def _session_columns(s: sm.PortalSession, _action: Action) -> dict[str, Any]:
     if s.created is not None:
         columns["created"] = s.created
     return columns
-
-
-def _summary_columns(_s: sm.ActiveEntitlementSummary, _action: Action) -> dict[str, Any]:
-    return {}
 
 
 PROJECTIONS: dict[MirrorKind, _Projection] = {
@@ -266,7 +266,7 @@ PROJECTIONS: dict[MirrorKind, _Projection] = {
     ENTITLEMENT_SUMMARY: _Projection(
         tables.EntitlementSummary,
         sm.ActiveEntitlementSummary.model_validate,
-        _summary_columns,
+        _copied(),
     ),
 }
 
@@ -338,10 +338,10 @@ def _incoming(kind: MirrorKind, obj: dict[str, Any], action: Action) -> _Incomin
     projection = PROJECTIONS[kind]
     model = projection.parse(obj)
     deleted = action == "delete" or bool(getattr(model, "deleted", False))
-    raw = redact_session_urls(obj)
-    if kind == "billing_portal.session":
+    raw = obj
+    if kind == "billing_portal.session" and "url" in raw:
         # Known to be a session even if the object forgot its `object` key.
-        raw.pop("url", None)
+        raw = {key: value for key, value in raw.items() if key != "url"}
     return _Incoming(
         model=model,
         action="delete" if deleted else action,
@@ -481,12 +481,12 @@ def _children_raw(raw: dict[str, Any], key: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-_ITEMS = _table(tables.SubscriptionItem)
+_ITEMS = table_of(tables.SubscriptionItem)
 _ITEMS_LEFT_OUT = delete(_ITEMS).where(
     _ITEMS.c.subscription_id == bindparam("parent"),
     _ITEMS.c.id.not_in(bindparam("keep", expanding=True)),
 )
-_ENTITLEMENTS = _table(tables.Entitlement)
+_ENTITLEMENTS = table_of(tables.Entitlement)
 _ENTITLEMENTS_LEFT_OUT = delete(_ENTITLEMENTS).where(
     _ENTITLEMENTS.c.customer_id == bindparam("parent"),
     _ENTITLEMENTS.c.account == bindparam("account"),
@@ -562,7 +562,9 @@ async def apply_object(
     source: Source,
     action: Action = "upsert",
 ) -> Outcome:
-    """Apply one Stripe object if the watermark allows. The caller holds the object's lock
+    """Apply one Stripe object if the watermark allows. `obj` is as stored: portal session
+    URLs already removed (`redact_session_urls`; an event's payload was redacted whole when
+    it was received). The caller holds the object's lock
     (`lock_object(session, account=..., kind=kind, object_id=object_id_of(kind, obj))`) and
     owns the transaction. REFETCH writes nothing: ask Stripe, then `apply_fetched`."""
     object_id = object_id_of(kind, obj)
@@ -607,7 +609,7 @@ async def apply_fetched(
         account=account,
         supersedes=supersedes,
     )
-    return await apply_object(session, kind, obj, source=source)
+    return await apply_object(session, kind, redact_session_urls(obj), source=source)
 
 
 async def apply_missing(
@@ -637,6 +639,39 @@ async def apply_missing(
         return await apply_object(session, kind, empty, source=source)
     return await apply_object(
         session, kind, {**stub, "deleted": True}, source=source, action="delete"
+    )
+
+
+async def apply_answer(
+    session: AsyncSession,
+    kind: MirrorKind,
+    object_id: str,
+    fetched: Fetched | None,
+    *,
+    account: str,
+    livemode: bool,
+    supersedes: Watermark | None,
+) -> Outcome:
+    """Apply Stripe's answer to a re-fetch that settles a tie: the object, or None when
+    Stripe answered 404 (`apply_missing`). Outcomes as for `apply_fetched`."""
+    if fetched is None:
+        return await apply_missing(
+            session,
+            kind,
+            object_id,
+            utcnow(),
+            account=account,
+            livemode=livemode,
+            supersedes=supersedes,
+        )
+    return await apply_fetched(
+        session,
+        kind,
+        fetched.object,
+        fetched.fetched_at,
+        account=account,
+        livemode=livemode,
+        supersedes=supersedes,
     )
 
 

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from fastapi import Request
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement, Executable, Table, and_, bindparam, or_, select, update
+from sqlalchemy import ColumnElement, Executable, and_, bindparam, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
@@ -47,10 +47,10 @@ from portal_service.mirror.apply import (
     Outcome,
     Source,
     Watermark,
-    apply_fetched,
-    apply_missing,
+    apply_answer,
     apply_object,
     object_id_of,
+    table_of,
     watermark,
 )
 from portal_service.mirror.locks import lock_call, lock_key, lock_object
@@ -234,17 +234,14 @@ def describe_error(exc: BaseException) -> str:
     return cleaned[:_MAX_ERROR_LENGTH]
 
 
-def _events_table() -> Table:
-    table: Table = StripeEvent.__table__  # type: ignore[attr-defined]  # set by SQLModel
-    return table
+_EVENTS = table_of(StripeEvent)
 
 
 def _lock_event_statement(*, with_payload: bool) -> Executable:
-    events = _events_table()
-    columns = [events.c.status, events.c.received_at]
+    columns = [_EVENTS.c.status, _EVENTS.c.received_at]
     if with_payload:
-        columns.append(events.c.payload)
-    return select(*columns).where(events.c.id == bindparam("event_id")).with_for_update()
+        columns.append(_EVENTS.c.payload)
+    return select(*columns).where(_EVENTS.c.id == bindparam("event_id")).with_for_update()
 
 
 _LOCK_EVENT = _lock_event_statement(with_payload=False)
@@ -260,17 +257,16 @@ class _EventState:
 
 @functools.cache
 def _insert_statement(dialect: str, *, locking: bool) -> Executable:
-    events = _events_table()
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    statement = insert(events).on_conflict_do_nothing(index_elements=["id"])
+    statement = insert(_EVENTS).on_conflict_do_nothing(index_elements=["id"])
     if locking:
         # The object's lock rides on the insert (RETURNING runs only for an inserted row,
         # after it is written): one round trip less per event, and the same order as
         # before, event row first, then the object. The apply's reads are later
         # statements, so under READ COMMITTED they see whatever the previous holder
         # of the lock committed.
-        return statement.returning(events.c.id, lock_call())
-    return statement.returning(events.c.id)
+        return statement.returning(_EVENTS.c.id, lock_call())
+    return statement.returning(_EVENTS.c.id)
 
 
 async def _insert_event(
@@ -325,26 +321,24 @@ async def _finish(
 ) -> None:
     """Set the event's status; `attempts` is added to its count (0 when the insert counted
     this attempt already, -1 to take that back while it waits on Stripe)."""
-    events = _events_table()
     values: dict[str, Any] = {"status": status}
     if status == "ignored":
         values["processed_at"] = utcnow()
     else:
         if attempts:
-            values["attempts"] = events.c.attempts + attempts
+            values["attempts"] = _EVENTS.c.attempts + attempts
         values["processed_at"] = utcnow() if status == "processed" else None
     if error is not None:
         values["last_error"] = error
-    await session.execute(update(events).where(events.c.id == event_id).values(values))
+    await session.execute(update(_EVENTS).where(_EVENTS.c.id == event_id).values(values))
 
 
 def awaiting_retry(now: datetime) -> ColumnElement[bool]:
     """Recorded events not applied yet that nothing is working on: `failed` ones, and
     `pending` ones older than IN_FLIGHT (their process died), which count as failed."""
-    events = _events_table()
     return or_(
-        events.c.status == "failed",
-        and_(events.c.status == "pending", events.c.received_at < now - IN_FLIGHT),
+        _EVENTS.c.status == "failed",
+        and_(_EVENTS.c.status == "pending", _EVENTS.c.received_at < now - IN_FLIGHT),
     )
 
 
@@ -491,7 +485,9 @@ class EventProcessor:
             await session.commit()
             self._done(received, "ignored")
             return "ignored"
-        obj = received.event.data.object
+        # The recorded payload's copy of the object: its session URLs were removed when the
+        # event was received, so the apply need not redact it again.
+        obj = received.payload["data"]["object"]
         source = Source(
             ts=received.created,
             event_id=received.id,
@@ -566,8 +562,14 @@ class EventProcessor:
                     return "duplicate"
                 try:
                     async with session.begin_nested():
-                        outcome = await self._apply_fetched(
-                            session, received, refetch, fetched, seen
+                        outcome = await apply_answer(
+                            session,
+                            kind,
+                            refetch.object_id,
+                            fetched,
+                            account=received.account,
+                            livemode=received.livemode,
+                            supersedes=seen,
                         )
                         if outcome is Outcome.REFETCH:
                             seen = await watermark(session, kind, refetch.object_id)
@@ -588,34 +590,6 @@ class EventProcessor:
             return refetched
         unsettled = RefetchUnsettled("Stripe's answers kept tying with events applied meanwhile")
         return await self._fail_refetch(received, unsettled)
-
-    async def _apply_fetched(
-        self,
-        session: AsyncSession,
-        received: Received,
-        refetch: _Refetch,
-        fetched: Fetched | None,
-        seen: Watermark | None,
-    ) -> Outcome:
-        if fetched is None:
-            return await apply_missing(
-                session,
-                refetch.route.kind,
-                refetch.object_id,
-                utcnow(),
-                account=received.account,
-                livemode=received.livemode,
-                supersedes=seen,
-            )
-        return await apply_fetched(
-            session,
-            refetch.route.kind,
-            fetched.object,
-            fetched.fetched_at,
-            account=received.account,
-            livemode=received.livemode,
-            supersedes=seen,
-        )
 
     async def _fail_refetch(self, received: Received, exc: Exception) -> Literal["duplicate"]:
         """Record a tie Stripe did not settle as failed, unless another delivery finished

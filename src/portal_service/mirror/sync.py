@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, cast, get_args
 
 from pydantic import BaseModel, Field
-from sqlalchemy import Table, func, not_, select, update
+from sqlalchemy import func, not_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -26,8 +26,10 @@ from portal_service.mirror.apply import (
     ENTITLEMENT_SUMMARY,
     MirrorKind,
     Outcome,
+    apply_answer,
     apply_fetched,
     apply_missing,
+    table_of,
     watermark,
 )
 from portal_service.mirror.intake import EventProcessor, received_from
@@ -104,12 +106,9 @@ def _retry_after(exc: StripeUnavailable) -> float | None:
     return float(value) if value.strip().isdigit() else None
 
 
-def _table(model: Any) -> Table:
-    return cast(Table, model.__table__)
-
-
-_CUSTOMERS = _table(Customer)
-_SYNC_STATE = _table(SyncState)
+_CUSTOMERS = table_of(Customer)
+_EVENTS = table_of(StripeEvent)
+_SYNC_STATE = table_of(SyncState)
 
 
 class Syncer:
@@ -213,26 +212,15 @@ class Syncer:
             except StripeObjectMissing:
                 fetched = None
             async with self._sessionmaker() as session:
-                if fetched is None:
-                    outcome = await apply_missing(
-                        session,
-                        mirror_kind,
-                        object_id,
-                        utcnow(),
-                        account=self._account,
-                        livemode=self._livemode,
-                        supersedes=seen,
-                    )
-                else:
-                    outcome = await apply_fetched(
-                        session,
-                        mirror_kind,
-                        fetched.object,
-                        fetched.fetched_at,
-                        account=self._account,
-                        livemode=self._livemode,
-                        supersedes=seen,
-                    )
+                outcome = await apply_answer(
+                    session,
+                    mirror_kind,
+                    object_id,
+                    fetched,
+                    account=self._account,
+                    livemode=self._livemode,
+                    supersedes=seen,
+                )
                 await session.commit()
             # Still tied: the event's state stays; its own successor event settles it.
             self.results[kind, "tie" if outcome is Outcome.REFETCH else outcome.value] += 1
@@ -414,9 +402,7 @@ class Syncer:
         async with self._sessionmaker() as session:
             newest = (
                 await session.execute(
-                    select(func.max(_table(StripeEvent).c.created)).where(
-                        _table(StripeEvent).c.account == self._account
-                    )
+                    select(func.max(_EVENTS.c.created)).where(_EVENTS.c.account == self._account)
                 )
             ).scalar_one_or_none()
         params: dict[str, Any] = {}
@@ -444,12 +430,11 @@ class Syncer:
         return results
 
     async def _recorded(self, event_ids: list[str]) -> set[str]:
-        events = _table(StripeEvent)
         found: set[str] = set()
         async with self._sessionmaker() as session:
             for start in range(0, len(event_ids), 500):
                 chunk = event_ids[start : start + 500]
-                query = select(events.c.id).where(events.c.id.in_(chunk))
+                query = select(_EVENTS.c.id).where(_EVENTS.c.id.in_(chunk))
                 found.update((await session.execute(query)).scalars().all())
         return found
 
