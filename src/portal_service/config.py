@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Annotated, Literal
 
 import stripe
@@ -149,8 +149,9 @@ class Settings(BaseSettings):
         assert match is not None  # noqa: S101 - checked by the validator
         return int(match.group(1)), _PERIOD_SECONDS[match.group(2)]
 
-    @property
+    @cached_property
     def return_url_allowlist(self) -> ReturnUrlAllowlist:
+        # Parsed once per Settings: POST /portal-sessions reads it on every request.
         return ReturnUrlAllowlist.from_entries(self.portal_return_url_allowlist)
 
     def check(self, *, workers: int = 1) -> None:

@@ -31,6 +31,15 @@ class Fetched:
     fetched_at: datetime
 
 
+def active_entitlement_summary(customer_id: str, data: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stripe's entitlement listing shaped like an active entitlement summary object."""
+    return {
+        "object": "entitlements.active_entitlement_summary",
+        "customer": customer_id,
+        "entitlements": {"object": "list", "data": data, "has_more": False},
+    }
+
+
 class StripeObjectMissing(StripeError):
     """Stripe answered 404 `resource_missing` for the object."""
 

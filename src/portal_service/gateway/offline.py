@@ -24,6 +24,7 @@ from portal_service.gateway.base import (
     ObjectKind,
     StripeIdempotencyConflict,
     StripeObjectMissing,
+    active_entitlement_summary,
 )
 
 SESSION_LIFETIME_SECONDS = 300
@@ -137,12 +138,7 @@ class OfflineGateway:
         raise StripeObjectMissing(f"Offline mode: no {kind} {object_id} outside the mirror.")
 
     async def list_active_entitlements(self, customer_id: str, *, account: str = "") -> Fetched:
-        summary = {
-            "object": "entitlements.active_entitlement_summary",
-            "customer": customer_id,
-            "entitlements": {"object": "list", "data": [], "has_more": False},
-        }
-        return Fetched(object=summary, fetched_at=utcnow())
+        return Fetched(object=active_entitlement_summary(customer_id, []), fetched_at=utcnow())
 
     async def aclose(self) -> None:
         return None

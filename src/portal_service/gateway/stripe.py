@@ -19,6 +19,7 @@ from portal_service.gateway.base import (
     ObjectKind,
     StripeIdempotencyConflict,
     StripeObjectMissing,
+    active_entitlement_summary,
 )
 from portal_service.mirror.stripe_models import to_jsonable
 from portal_service.ops.logging import get_logger
@@ -41,6 +42,15 @@ def _stripe_date(obj: Any) -> datetime:
             except (TypeError, ValueError):
                 break
     return utcnow()
+
+
+def _fetched(obj: Any) -> Fetched:
+    return Fetched(object=to_jsonable(obj.to_dict()), fetched_at=_stripe_date(obj))
+
+
+def _account_options(account: str) -> Any:
+    # Any: the SDK types each method's options as its own TypedDict.
+    return {"stripe_account": account} if account else {}
 
 
 class StripeGateway:
@@ -128,9 +138,7 @@ class StripeGateway:
                 options={"idempotency_key": idempotency_key},
             ),
         )
-        return Fetched(
-            object=to_jsonable(configuration.to_dict()), fetched_at=_stripe_date(configuration)
-        )
+        return _fetched(configuration)
 
     async def update_portal_configuration(
         self, configuration_id: str, params: dict[str, Any], *, idempotency_key: str
@@ -143,12 +151,10 @@ class StripeGateway:
                 options={"idempotency_key": idempotency_key},
             ),
         )
-        return Fetched(
-            object=to_jsonable(configuration.to_dict()), fetched_at=_stripe_date(configuration)
-        )
+        return _fetched(configuration)
 
     async def retrieve(self, kind: ObjectKind, object_id: str, *, account: str = "") -> Fetched:
-        options: Any = {"stripe_account": account} if account else {}
+        options = _account_options(account)
         v1 = self._client.v1
         retrievers: dict[str, Callable[[], Awaitable[Any]]] = {
             "customer": lambda: v1.customers.retrieve_async(object_id, options=options),
@@ -163,10 +169,10 @@ class StripeGateway:
             ),
         }
         obj = await self._call(f"{kind}.retrieve", retrievers[kind], reads=True)
-        return Fetched(object=to_jsonable(obj.to_dict()), fetched_at=_stripe_date(obj))
+        return _fetched(obj)
 
     async def list_active_entitlements(self, customer_id: str, *, account: str = "") -> Fetched:
-        options: Any = {"stripe_account": account} if account else {}
+        options = _account_options(account)
         page = await self._call(
             "entitlements.active_entitlements.list",
             lambda: self._client.v1.entitlements.active_entitlements.list_async(
@@ -176,12 +182,7 @@ class StripeGateway:
         )
         fetched_at = _stripe_date(page)
         data = [to_jsonable(item.to_dict()) async for item in page.auto_paging_iter()]
-        summary = {
-            "object": "entitlements.active_entitlement_summary",
-            "customer": customer_id,
-            "entitlements": {"object": "list", "data": data, "has_more": False},
-        }
-        return Fetched(object=summary, fetched_at=fetched_at)
+        return Fetched(object=active_entitlement_summary(customer_id, data), fetched_at=fetched_at)
 
     async def aclose(self) -> None:
         await self._http.close_async()  # type: ignore[no-untyped-call]  # untyped in the SDK
@@ -194,7 +195,7 @@ class StripeGateway:
         customer: str | None = None,
         account: str = "",
     ) -> AsyncIterator[ListPage]:
-        options: Any = {"stripe_account": account} if account else {}
+        options = _account_options(account)
         v1 = self._client.v1
         listers: dict[str, Callable[[], Awaitable[Any]]] = {
             "customer": lambda: v1.customers.list_async(params, options),  # type: ignore[arg-type]

@@ -21,10 +21,11 @@ from portal_service.db import utcnow
 from portal_service.errors import CustomerNotFound, DomainError, StripeError
 from portal_service.gateway import Fetched, Gateway, StripeObjectMissing
 from portal_service.mirror import stripe_models
-from portal_service.mirror.apply import apply_fetched
+from portal_service.mirror.apply import PROJECTIONS, apply_fetched
 from portal_service.mirror.stripe_models import redact_session_urls
 from portal_service.mirror.tables import Customer
 from portal_service.ops.logging import get_logger
+from portal_service.portal.schemas import CustomerLinkOut
 
 log = get_logger("portal_service.portal.customers")
 
@@ -62,15 +63,6 @@ class ResolvedCustomer:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class CustomerLink:
-    app_user_id: str
-    customer_id: str
-    email: str | None
-    livemode: bool
-    previous_customer_id: str | None
-
-
 def _metadata(raw: dict[str, Any] | None) -> dict[str, str]:
     metadata = (raw or {}).get("metadata")
     if not isinstance(metadata, dict):
@@ -103,7 +95,9 @@ async def _customer_generation(session: AsyncSession, *, app_user_id: str, livem
 
 def _row_from_stripe(obj: dict[str, Any], *, app_user_id: str | None) -> Customer:
     parsed = stripe_models.Customer.model_validate(obj)
-    # source_ts/source_event_id stay NULL: any later webhook about it applies over this.
+    # The mirror's column projection, but not its write path (apply_fetched): this row is
+    # inserted in a savepoint under the app_user_id unique index, and its
+    # source_ts/source_event_id stay NULL so any later webhook about it applies over it.
     return Customer(
         id=parsed.id,
         livemode=parsed.livemode,
@@ -112,12 +106,7 @@ def _row_from_stripe(obj: dict[str, Any], *, app_user_id: str | None) -> Custome
         raw=redact_session_urls(obj),
         deleted=parsed.deleted,
         app_user_id=app_user_id,
-        email=parsed.email,
-        name=parsed.name,
-        default_payment_method=parsed.default_payment_method,
-        address=parsed.address,
-        tax_exempt=parsed.tax_exempt,
-        preferred_locales=list(parsed.preferred_locales),
+        **PROJECTIONS["customer"].columns(parsed, "upsert"),
     )
 
 
@@ -262,7 +251,7 @@ async def link_customer(
     app_user_id: str,
     customer_id: str,
     livemode: bool,
-) -> CustomerLink:
+) -> CustomerLinkOut:
     """PUT semantics: afterwards the user's customer is `customer_id`. A user linked to
     another customer is moved (that customer is kept in Stripe, unlinked); a customer
     linked to another user is refused (409 customer_already_linked)."""
@@ -290,7 +279,7 @@ async def link_customer(
     if row.app_user_id != app_user_id and not await _set_app_user(session, row, app_user_id):
         raise CustomerLinkConflict()
     log.info("customer_linked", customer_id=row.id, previous_customer_id=previous_id)
-    return CustomerLink(
+    return CustomerLinkOut(
         app_user_id=app_user_id,
         customer_id=row.id,
         email=row.email,

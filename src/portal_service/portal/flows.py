@@ -32,9 +32,8 @@ from portal_service.ops.logging import get_logger
 from portal_service.portal.schemas import (
     SUBSCRIPTION_FLOWS,
     AfterCompletion,
-    CustomerUpdateFlow,
+    FlowRequest,
     HostedConfirmationAfterCompletion,
-    PaymentMethodUpdateFlow,
     RedirectAfterCompletion,
     SubscriptionCancelFlow,
     SubscriptionPauseFlow,
@@ -43,15 +42,6 @@ from portal_service.portal.schemas import (
 )
 
 log = get_logger("portal_service.portal.flows")
-
-FlowRequest = (
-    PaymentMethodUpdateFlow
-    | CustomerUpdateFlow
-    | SubscriptionCancelFlow
-    | SubscriptionUpdateFlow
-    | SubscriptionPauseFlow
-    | SubscriptionUpdateConfirmFlow
-)
 
 FEATURE_DISABLED = "feature_disabled"
 PRICE_NOT_OFFERED = "price_not_offered"

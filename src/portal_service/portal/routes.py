@@ -125,17 +125,7 @@ async def post_portal_session(
     response.headers["Cache-Control"] = "no-store"
     if created.replayed:
         response.headers["Idempotent-Replayed"] = "true"
-    return PortalSessionOut(
-        id=created.id,
-        url=created.url,
-        customer_id=created.customer_id,
-        configuration_id=created.configuration_id,
-        locale=created.locale,
-        return_url=created.return_url,
-        flow_type=created.flow_type,
-        livemode=created.livemode,
-        created_at=created.created_at,
-    )
+    return created.session
 
 
 @router.put(
@@ -167,19 +157,12 @@ async def put_user_customer(
     settings: AppSettings,
     gateway: GatewayDep,
 ) -> CustomerLinkOut:
-    linked = await link_customer(
+    return await link_customer(
         session,
         gateway,
         app_user_id=app_user_id,
         customer_id=link.customer_id,
         livemode=settings.livemode,
-    )
-    return CustomerLinkOut(
-        app_user_id=linked.app_user_id,
-        customer_id=linked.customer_id,
-        email=linked.email,
-        livemode=linked.livemode,
-        previous_customer_id=linked.previous_customer_id,
     )
 
 

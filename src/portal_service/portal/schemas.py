@@ -106,15 +106,15 @@ class SubscriptionUpdateConfirmFlow(_Strict):
     after_completion: AfterCompletion | None = None
 
 
-Flow = Annotated[
+FlowRequest = (
     PaymentMethodUpdateFlow
     | CustomerUpdateFlow
     | SubscriptionCancelFlow
     | SubscriptionUpdateFlow
     | SubscriptionPauseFlow
-    | SubscriptionUpdateConfirmFlow,
-    Field(discriminator="type"),
-]
+    | SubscriptionUpdateConfirmFlow
+)
+Flow = Annotated[FlowRequest, Field(discriminator="type")]
 
 SUBSCRIPTION_FLOWS = (
     SubscriptionCancelFlow,

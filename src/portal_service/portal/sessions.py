@@ -49,7 +49,11 @@ from portal_service.portal.customers import ResolvedCustomer, resolve_by_id, res
 from portal_service.portal.flows import TaxBehaviorCache, check_flow, flow_data
 from portal_service.portal.locales import UnsupportedLocaleError, resolve_locale
 from portal_service.portal.ratelimit import check_rate_limit
-from portal_service.portal.schemas import PortalSessionRequest, RedirectAfterCompletion
+from portal_service.portal.schemas import (
+    PortalSessionOut,
+    PortalSessionRequest,
+    RedirectAfterCompletion,
+)
 
 log = get_logger("portal_service.portal.sessions")
 
@@ -62,15 +66,7 @@ Caller = EndUser | ApiKeyCaller
 
 @dataclass(frozen=True, slots=True)
 class CreatedSession:
-    id: str
-    url: str
-    customer_id: str
-    configuration_id: str | None
-    locale: str | None
-    return_url: str | None
-    flow_type: str | None
-    livemode: bool
-    created_at: datetime
+    session: PortalSessionOut
     replayed: bool
 
 
@@ -240,15 +236,17 @@ async def create_portal_session(
         replayed=not recorded,
     )
     return CreatedSession(
-        id=parsed.id,
-        url=str(created["url"]),
-        customer_id=parsed.customer or customer.id,
-        configuration_id=parsed.configuration,
-        locale=parsed.locale or locale,
-        return_url=parsed.return_url or return_url,
-        flow_type=parsed.flow_type or (body.flow.type if body.flow else None),
-        livemode=parsed.livemode,
-        created_at=parsed.created or utcnow(),
+        session=PortalSessionOut(
+            id=parsed.id,
+            url=str(created["url"]),
+            customer_id=parsed.customer or customer.id,
+            configuration_id=parsed.configuration,
+            locale=parsed.locale or locale,
+            return_url=parsed.return_url or return_url,
+            flow_type=parsed.flow_type or (body.flow.type if body.flow else None),
+            livemode=parsed.livemode,
+            created_at=parsed.created or utcnow(),
+        ),
         replayed=not recorded,
     )
 
