@@ -26,7 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import select as select_columns
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import defer
+from sqlalchemy.orm import Mapped, defer
 from sqlmodel import col, func, select
 
 from portal_service.access.policy import ItemFacts, SubscriptionFacts
@@ -53,9 +53,11 @@ def without_raw(raw_column: Any) -> Any:
     return defer(raw_column, raiseload=True)
 
 
-def _linked_to(app_user_id: str, livemode: bool) -> tuple[ColumnElement[bool], ...]:
+def _live_customer(
+    key: Mapped[Any], value: Any, *, livemode: Any
+) -> tuple[ColumnElement[bool], ...]:
     return (
-        col(Customer.app_user_id) == app_user_id,
+        key == value,
         col(Customer.livemode) == livemode,
         col(Customer.account) == PLATFORM_ACCOUNT,
         col(Customer.deleted).is_(False),
@@ -69,7 +71,9 @@ async def linked_customer(
 
     `load_raw=False` for read-only callers: the row comes without its `raw` column.
     """
-    statement = select(Customer).where(*_linked_to(app_user_id, livemode))
+    statement = select(Customer).where(
+        *_live_customer(col(Customer.app_user_id), app_user_id, livemode=livemode)
+    )
     if not load_raw:
         statement = statement.options(without_raw(col(Customer.raw)))
     result = await session.execute(statement)
@@ -115,6 +119,18 @@ async def subscription_items(
     return out
 
 
+def _oldest_unpaid_created() -> Any:
+    # type_coerce keeps the UTC type through min(), which SQLite would hand back as text.
+    return type_coerce(func.min(col(Invoice.stripe_created)), UTCDateTime())
+
+
+def _unpaid_invoice() -> tuple[ColumnElement[bool], ...]:
+    return (
+        col(Invoice.status).in_(UNPAID_INVOICE_STATUSES),
+        col(Invoice.deleted).is_(False),
+    )
+
+
 async def oldest_unpaid_invoices(
     session: AsyncSession, subscription_ids: Sequence[str]
 ) -> dict[str, datetime]:
@@ -122,16 +138,8 @@ async def oldest_unpaid_invoices(
     if not subscription_ids:
         return {}
     result = await session.execute(
-        select(
-            col(Invoice.subscription_id),
-            # type_coerce keeps the UTC type through min(), which SQLite would hand back as text.
-            type_coerce(func.min(col(Invoice.stripe_created)), UTCDateTime()),
-        )
-        .where(
-            col(Invoice.subscription_id).in_(subscription_ids),
-            col(Invoice.status).in_(UNPAID_INVOICE_STATUSES),
-            col(Invoice.deleted).is_(False),
-        )
+        select(col(Invoice.subscription_id), _oldest_unpaid_created())
+        .where(col(Invoice.subscription_id).in_(subscription_ids), *_unpaid_invoice())
         .group_by(col(Invoice.subscription_id))
     )
     return {sid: created for sid, created in result.all() if sid is not None}
@@ -146,32 +154,51 @@ def effective_status(status: str | None, *, deleted: bool) -> str:
     return status or ""
 
 
-def to_facts(
-    subscription: Subscription,
-    items: Sequence[SubscriptionItem],
+# The subscription and item columns the policy reads, under the same names in the mirror
+# tables, in the facts and in the rows of `customer_access`.
+_SUBSCRIPTION_COLUMNS = (
+    "status",
+    "deleted",
+    "cancel_at_period_end",
+    "cancel_at",
+    "current_period_start",
+    "current_period_end",
+    "pause_collection_behavior",
+    "collection_method",
+    "schedule_id",
+)
+_ITEM_COLUMNS = ("price_id", "product_id", "quantity", "usage_type", "tax_behavior")
+
+
+def _item_facts(item: SubscriptionItem | Row[*tuple[Any, ...]]) -> ItemFacts:
+    return ItemFacts(
+        price_id=item.price_id,
+        product_id=item.product_id,
+        quantity=item.quantity,
+        usage_type=item.usage_type,
+        tax_behavior=item.tax_behavior,
+    )
+
+
+def _facts(
+    sub: Subscription | Row[*tuple[Any, ...]],
     *,
-    oldest_unpaid_invoice_created: datetime | None = None,
+    id_: str,
+    items: tuple[ItemFacts, ...],
+    oldest_unpaid_invoice_created: datetime | None,
 ) -> SubscriptionFacts:
+    """Facts from a mirrored subscription or a `customer_access` row, which name alike."""
     return SubscriptionFacts(
-        id=subscription.id,
-        status=effective_status(subscription.status, deleted=subscription.deleted),
-        cancel_at_period_end=subscription.cancel_at_period_end,
-        cancel_at=subscription.cancel_at,
-        current_period_start=subscription.current_period_start,
-        current_period_end=subscription.current_period_end,
-        pause_collection_behavior=subscription.pause_collection_behavior,
-        collection_method=subscription.collection_method,
-        schedule_id=subscription.schedule_id,
-        items=tuple(
-            ItemFacts(
-                price_id=item.price_id,
-                product_id=item.product_id,
-                quantity=item.quantity,
-                usage_type=item.usage_type,
-                tax_behavior=item.tax_behavior,
-            )
-            for item in items
-        ),
+        id=id_,
+        status=effective_status(sub.status, deleted=sub.deleted),
+        cancel_at_period_end=sub.cancel_at_period_end,
+        cancel_at=sub.cancel_at,
+        current_period_start=sub.current_period_start,
+        current_period_end=sub.current_period_end,
+        pause_collection_behavior=sub.pause_collection_behavior,
+        collection_method=sub.collection_method,
+        schedule_id=sub.schedule_id,
+        items=items,
         oldest_unpaid_invoice_created=oldest_unpaid_invoice_created,
     )
 
@@ -191,7 +218,12 @@ async def subscription_facts(
         items = await subscription_items(session, ids)
     unpaid = await oldest_unpaid_invoices(session, ids)
     return {
-        s.id: to_facts(s, items.get(s.id, ()), oldest_unpaid_invoice_created=unpaid.get(s.id))
+        s.id: _facts(
+            s,
+            id_=s.id,
+            items=tuple(_item_facts(item) for item in items.get(s.id, ())),
+            oldest_unpaid_invoice_created=unpaid.get(s.id),
+        )
         for s in subscriptions
     }
 
@@ -210,12 +242,8 @@ def _oldest_unpaid_invoice_created() -> Any:
     # Correlated per subscription row, so only the invoices of the customer's own
     # subscriptions are looked at (ix_invoices_subscription_id).
     return (
-        select(type_coerce(func.min(col(Invoice.stripe_created)), UTCDateTime()))
-        .where(
-            col(Invoice.subscription_id) == col(Subscription.id),
-            col(Invoice.status).in_(UNPAID_INVOICE_STATUSES),
-            col(Invoice.deleted).is_(False),
-        )
+        select(_oldest_unpaid_created())
+        .where(col(Invoice.subscription_id) == col(Subscription.id), *_unpaid_invoice())
         .correlate(Subscription)
         .scalar_subquery()
     )
@@ -226,34 +254,20 @@ def _customer_access_statement(key: Literal["app_user_id", "customer_id"]) -> Co
     """Built once per lookup key, with bound parameters `key` and `livemode`: building and
     hashing this statement on every request cost more than running it."""
     livemode = bindparam("livemode", type_=Boolean())
-    which = (
-        (col(Customer.app_user_id) if key == "app_user_id" else col(Customer.id))
-        == bindparam("key"),
-        col(Customer.livemode) == livemode,
-        col(Customer.account) == PLATFORM_ACCOUNT,
-        col(Customer.deleted).is_(False),
+    which = _live_customer(
+        col(Customer.app_user_id) if key == "app_user_id" else col(Customer.id),
+        bindparam("key"),
+        livemode=livemode,
     )
     # SQLAlchemy's select: sqlmodel's is typed for at most four columns.
     subscription_rows: Select[*tuple[Any, ...]] = (
         select_columns(
             col(Customer.id).label("customer_id"),
             col(Subscription.id).label("subscription_id"),
-            col(Subscription.status).label("status"),
-            col(Subscription.deleted).label("deleted"),
-            col(Subscription.cancel_at_period_end).label("cancel_at_period_end"),
-            col(Subscription.cancel_at).label("cancel_at"),
-            col(Subscription.current_period_start).label("current_period_start"),
-            col(Subscription.current_period_end).label("current_period_end"),
-            col(Subscription.pause_collection_behavior).label("pause_collection_behavior"),
-            col(Subscription.collection_method).label("collection_method"),
-            col(Subscription.schedule_id).label("schedule_id"),
+            *(col(getattr(Subscription, name)).label(name) for name in _SUBSCRIPTION_COLUMNS),
             _oldest_unpaid_invoice_created().label("oldest_unpaid_invoice_created"),
             col(SubscriptionItem.id).label("item_id"),
-            col(SubscriptionItem.price_id).label("price_id"),
-            col(SubscriptionItem.product_id).label("product_id"),
-            col(SubscriptionItem.quantity).label("quantity"),
-            col(SubscriptionItem.usage_type).label("usage_type"),
-            col(SubscriptionItem.tax_behavior).label("tax_behavior"),
+            *(col(getattr(SubscriptionItem, name)).label(name) for name in _ITEM_COLUMNS),
             null().label("lookup_key"),
         )
         .select_from(Customer)
@@ -275,8 +289,9 @@ def _customer_access_statement(key: Literal["app_user_id", "customer_id"]) -> Co
         .where(*which)
     )
     # The column types of a UNION come from its first branch: these NULLs need none.
+    padding = [null()] * (len(subscription_rows.selected_columns) - 2)
     feature_rows = select_columns(
-        col(Entitlement.customer_id), *([null()] * 17), col(Entitlement.lookup_key)
+        col(Entitlement.customer_id), *padding, col(Entitlement.lookup_key)
     ).where(
         col(Entitlement.customer_id).in_(select(col(Customer.id)).where(*which)),
         col(Entitlement.livemode) == livemode,
@@ -326,27 +341,14 @@ async def customer_access(
         elif row.subscription_id is not None:
             _, items = subscriptions.setdefault(row.subscription_id, (row, {}))
             if row.item_id is not None:
-                items[row.item_id] = ItemFacts(
-                    price_id=row.price_id,
-                    product_id=row.product_id,
-                    quantity=row.quantity,
-                    usage_type=row.usage_type,
-                    tax_behavior=row.tax_behavior,
-                )
+                items[row.item_id] = _item_facts(row)
     return CustomerAccess(
         customer_id=found,
         livemode=livemode,
         subscriptions=tuple(
-            SubscriptionFacts(
-                id=sub.subscription_id,
-                status=effective_status(sub.status, deleted=sub.deleted),
-                cancel_at_period_end=sub.cancel_at_period_end,
-                cancel_at=sub.cancel_at,
-                current_period_start=sub.current_period_start,
-                current_period_end=sub.current_period_end,
-                pause_collection_behavior=sub.pause_collection_behavior,
-                collection_method=sub.collection_method,
-                schedule_id=sub.schedule_id,
+            _facts(
+                sub,
+                id_=sub.subscription_id,
                 # Ordered by id: the same mirror state always gives equal facts.
                 items=tuple(items[item_id] for item_id in sorted(items)),
                 oldest_unpaid_invoice_created=sub.oldest_unpaid_invoice_created,
