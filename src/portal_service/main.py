@@ -22,6 +22,7 @@ from portal_service.mirror.routes import router as mirror_router
 from portal_service.ops.logging import configure_logging
 from portal_service.ops.middleware import ProblemCORSMiddleware, RequestContextMiddleware
 from portal_service.ops.routes import router as ops_router
+from portal_service.portal.configs import load_portal_config
 from portal_service.portal.routes import router as portal_router
 
 DESCRIPTION = """\
@@ -63,6 +64,9 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
         app.state.read_sessionmaker = create_sessionmaker(for_reads(read_engine))
         app.state.gateway = gateway or build_gateway(settings)
         app.state.jwks = JwksCache(settings.auth_jwks_url) if settings.auth_jwks_url else None
+        app.state.portal_config = (
+            load_portal_config(settings.portal_config_file) if settings.portal_config_file else None
+        )
         try:
             yield
         finally:

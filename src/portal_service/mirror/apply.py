@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel
 from sqlalchemy import Executable, Select, Table, bindparam, delete, select
@@ -39,7 +39,6 @@ MirrorKind = Literal[
     "billing_portal.session",
     "entitlements.active_entitlement_summary",
 ]
-MIRROR_KINDS: frozenset[str] = frozenset(get_args(MirrorKind))
 ENTITLEMENT_SUMMARY: MirrorKind = "entitlements.active_entitlement_summary"
 
 # upsert: the object as sent; delete: a *.deleted event (a tombstone); detach: a

@@ -215,20 +215,6 @@ class EntitlementSummary(MirrorColumns, table=True):
     __tablename__ = "entitlement_summaries"
 
 
-MIRROR_TABLES: tuple[type[MirrorColumns], ...] = (
-    Customer,
-    Subscription,
-    SubscriptionItem,
-    PaymentMethod,
-    Invoice,
-    TaxId,
-    PortalConfiguration,
-    PortalSession,
-    Entitlement,
-    EntitlementSummary,
-)
-
-
 class SyncState(SQLModel, table=True):
     """Progress of `portal-service sync`, per kind, so `--resume` continues after a crash:
     `cursor` is the last object id applied (for per-customer kinds, the last customer done)."""

@@ -37,7 +37,7 @@ from pydantic import (
 
 if TYPE_CHECKING:
     # Only a type: config.py loads this module to check the file at start-up.
-    from portal_service.config import Settings
+    pass
 
 
 def _not_an_id(name: str) -> str:
@@ -242,20 +242,10 @@ def load_portal_config(path: str | Path) -> PortalConfigFile:
         raise PortalConfigError(f"PORTAL_CONFIG_FILE {path}: {where}: {first['msg']}") from exc
 
 
-_STATE_KEY = "portal_config_file"
-
-
 async def _app_portal_config(request: Request) -> PortalConfigFile | None:
-    # A sync dependency runs in the thread pool, so the first read does not block the loop;
-    # after that the parsed file is kept for the life of the app.
-    state = request.app.state
-    cached: tuple[PortalConfigFile | None] | None = getattr(state, _STATE_KEY, None)
-    if cached is None:
-        settings: Settings = state.settings
-        path = settings.portal_config_file
-        cached = (load_portal_config(path) if path else None,)
-        setattr(state, _STATE_KEY, cached)
-    return cached[0]
+    # Parsed once in the app's lifespan (main.py): no file I/O on a request.
+    config: PortalConfigFile | None = request.app.state.portal_config
+    return config
 
 
 PortalConfigDep = Annotated[PortalConfigFile | None, Depends(_app_portal_config)]
