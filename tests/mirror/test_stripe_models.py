@@ -666,6 +666,16 @@ class TestRedactSessionUrls:
         del expected["data"]["previous_attributes"]["url"]
         assert redacted == expected
 
+    def test_removes_url_from_an_event_that_omits_its_object_keys(self) -> None:
+        # Intake accepts an event body without `object`; the session in it may lack one too.
+        session = portal_session()
+        del session["object"]
+        payload = event(session, "billing_portal.session.created")
+        del payload["object"]
+        redacted = redact_session_urls(payload)
+        assert "url" not in redacted["data"]["object"]
+        assert "billing.stripe.com/p/" not in json.dumps(redacted)
+
     def test_removes_url_from_nested_sessions(self) -> None:
         payload = {
             "object": "list",

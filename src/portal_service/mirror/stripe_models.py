@@ -325,7 +325,8 @@ _SCALARS = (str, int, float, bool, type(None))
 
 def _is_session_event(event: Mapping[str, Any]) -> bool:
     data = event.get("data")
-    if event.get("object") != "event" or not isinstance(data, dict):
+    # An event may omit `object` (intake accepts that as an event), so default to it.
+    if event.get("object", "event") != "event" or not isinstance(data, dict):
         return False
     event_type = event.get("type")
     about_session = isinstance(event_type, str) and event_type.startswith(_PORTAL_SESSION + ".")
