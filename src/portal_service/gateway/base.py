@@ -20,6 +20,7 @@ ObjectKind = Literal[
     "price",
     "product",
     "billing_portal.configuration",
+    "event",
 ]
 
 
@@ -112,6 +113,21 @@ class Gateway(Protocol):
 
     async def list_active_entitlements(self, customer_id: str, *, account: str = "") -> Fetched:
         """`object` is shaped like an active entitlement summary: {customer, entitlements: {data}}."""
+        ...
+
+    async def retrieve_thin_event(self, event_id: str, *, account: str = "") -> Fetched:
+        """GET /v2/core/events/{id}: a thin event as Stripe holds it (`snapshot_event`,
+        `related_object`, `data`), for what its delivery did not carry."""
+        ...
+
+    async def list_webhook_endpoints(self) -> list[dict[str, Any]]:
+        """Every webhook endpoint of the key's mode (GET /v1/webhook_endpoints, all pages)."""
+        ...
+
+    async def create_webhook_endpoint(
+        self, params: dict[str, Any], *, idempotency_key: str
+    ) -> dict[str, Any]:
+        """POST /v1/webhook_endpoints; the answer holds the endpoint's `secret`, shown once."""
         ...
 
     async def aclose(self) -> None: ...

@@ -140,6 +140,17 @@ class OfflineGateway:
     async def list_active_entitlements(self, customer_id: str, *, account: str = "") -> Fetched:
         return Fetched(object=active_entitlement_summary(customer_id, []), fetched_at=utcnow())
 
+    async def retrieve_thin_event(self, event_id: str, *, account: str = "") -> Fetched:
+        raise StripeObjectMissing(f"Offline mode: no event {event_id} outside the mirror.")
+
+    async def list_webhook_endpoints(self) -> list[dict[str, Any]]:
+        raise StripeError("Offline mode: webhook endpoints need STRIPE_API_KEY.")
+
+    async def create_webhook_endpoint(
+        self, params: dict[str, Any], *, idempotency_key: str
+    ) -> dict[str, Any]:
+        raise StripeError("Offline mode: webhook endpoints need STRIPE_API_KEY.")
+
     async def aclose(self) -> None:
         return None
 

@@ -167,22 +167,80 @@ class StripeGateway:
             "billing_portal.configuration": lambda: v1.billing_portal.configurations.retrieve_async(
                 object_id, options=options
             ),
+            "event": lambda: v1.events.retrieve_async(object_id, options=options),
         }
         obj = await self._call(f"{kind}.retrieve", retrievers[kind], reads=True)
-        return _fetched(obj)
+        fetched = _fetched(obj)
+        if kind == "subscription":
+            await self._complete_items(fetched.object, account=account)
+        return fetched
+
+    async def _all(
+        self, operation: str, first: Callable[[], Awaitable[Any]]
+    ) -> tuple[list[dict[str, Any]], datetime]:
+        """Every object of a list, page after page, each page through `_call` (errors and
+        metrics as for any read); Stripe's Date of the first page."""
+        page = await self._call(operation, first, reads=True)
+        fetched_at = _stripe_date(page)
+        objects: list[dict[str, Any]] = []
+        while True:
+            objects.extend(to_jsonable(item.to_dict()) for item in page.data)
+            if not page.has_more or not page.data:
+                return objects, fetched_at
+            page = await self._call(operation, page.next_page_async, reads=True)
+
+    async def _complete_items(self, subscription: dict[str, Any], *, account: str) -> None:
+        """A subscription's embedded `items` list stops at Stripe's page size (`has_more`):
+        replace it with the whole list, so the mirror can replace the set whole."""
+        items = subscription.get("items")
+        if not isinstance(items, dict) or items.get("has_more") is not True:
+            return
+        options = _account_options(account)
+        data, _ = await self._all(
+            "subscription_items.list",
+            lambda: self._client.v1.subscription_items.list_async(
+                params={"subscription": subscription["id"], "limit": 100}, options=options
+            ),
+        )
+        subscription["items"] = {**items, "data": data, "has_more": False}
 
     async def list_active_entitlements(self, customer_id: str, *, account: str = "") -> Fetched:
         options = _account_options(account)
-        page = await self._call(
+        data, fetched_at = await self._all(
             "entitlements.active_entitlements.list",
             lambda: self._client.v1.entitlements.active_entitlements.list_async(
                 params={"customer": customer_id, "limit": 100}, options=options
             ),
+        )
+        return Fetched(object=active_entitlement_summary(customer_id, data), fetched_at=fetched_at)
+
+    async def retrieve_thin_event(self, event_id: str, *, account: str = "") -> Fetched:
+        options: Any = {"stripe_context": account} if account else {}
+        event = await self._call(
+            "v2.core.events.retrieve",
+            lambda: self._client.v2.core.events.retrieve_async(event_id, options=options),
             reads=True,
         )
-        fetched_at = _stripe_date(page)
-        data = [to_jsonable(item.to_dict()) async for item in page.auto_paging_iter()]
-        return Fetched(object=active_entitlement_summary(customer_id, data), fetched_at=fetched_at)
+        return _fetched(event)
+
+    async def list_webhook_endpoints(self) -> list[dict[str, Any]]:
+        endpoints, _ = await self._all(
+            "webhook_endpoints.list",
+            lambda: self._client.v1.webhook_endpoints.list_async(params={"limit": 100}),
+        )
+        return endpoints
+
+    async def create_webhook_endpoint(
+        self, params: dict[str, Any], *, idempotency_key: str
+    ) -> dict[str, Any]:
+        endpoint = await self._call(
+            "webhook_endpoints.create",
+            lambda: self._client.v1.webhook_endpoints.create_async(
+                params=params,  # type: ignore[arg-type]
+                options={"idempotency_key": idempotency_key},
+            ),
+        )
+        return to_jsonable(endpoint.to_dict())  # type: ignore[no-any-return]
 
     async def aclose(self) -> None:
         await self._http.close_async()  # type: ignore[no-untyped-call]  # untyped in the SDK
@@ -219,6 +277,9 @@ class StripeGateway:
         page = await self._call(operation, listers[kind], reads=True)
         while True:
             objects = [to_jsonable(item.to_dict()) for item in page.data]
+            if kind == "subscription":
+                for subscription in objects:
+                    await self._complete_items(subscription, account=account)
             yield ListPage(objects=objects, fetched_at=_stripe_date(page))
             if not page.has_more or not page.data:
                 return

@@ -553,6 +553,19 @@ async def _replace_entitlements(
         )
 
 
+def _cut_short(kind: MirrorKind, incoming: _Incoming, source: Source) -> bool:
+    """An event whose child list Stripe cut at one page (`has_more`): the whole set is
+    fetched instead (the gateway pages through it), so a set is never left half-replaced.
+    Without Stripe to ask, the page is applied as it is (nothing it lacks is removed)."""
+    if source.fetched or source.settle_ties_locally or incoming.stub:
+        return False
+    if kind == "subscription":
+        return bool(incoming.model.items.has_more)
+    if kind == ENTITLEMENT_SUMMARY:
+        return bool(incoming.model.entitlements.has_more)
+    return False
+
+
 async def apply_object(
     session: AsyncSession,
     kind: MirrorKind,
@@ -570,6 +583,8 @@ async def apply_object(
     incoming = _incoming(kind, obj, action)
     row = await _current_row(session, kind, object_id)
     outcome = _decide(kind, row, incoming, source)
+    if outcome is Outcome.APPLIED and _cut_short(kind, incoming, source):
+        return Outcome.REFETCH
     if outcome is Outcome.APPLIED:
         await _write(session, kind, object_id, incoming, source, row=row)
     return outcome

@@ -19,7 +19,7 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import Request
 from pydantic import ValidationError
@@ -60,6 +60,9 @@ from portal_service.mirror.stripe_models import Event, redact_session_urls
 from portal_service.mirror.tables import StripeEvent
 from portal_service.ops.logging import get_logger, scrub
 from portal_service.ops.metrics import WEBHOOK_APPLY_SECONDS, WEBHOOK_EVENTS
+
+if TYPE_CHECKING:
+    from portal_service.mirror.thin import ThinEvents
 
 log = get_logger("portal_service.webhooks")
 ReplayOutcome = Literal["processed", "ignored", "stale"]
@@ -162,8 +165,8 @@ def _check_widths(account: str, api_version: str | None) -> None:
 
 
 def _thin_event(data: dict[str, Any]) -> Received:
-    # v2 "thin" events carry a reference, not an object, and an ISO `created`: recorded
-    # and acknowledged, never projected.
+    # v2 "thin" events carry a reference, not an object, and an ISO `created`: recorded,
+    # then their object is fetched (mirror/thin.py).
     event_id, event_type = _check_ids(data.get("id"), data.get("type"))
     created_raw = data.get("created")
     try:
@@ -410,6 +413,16 @@ class EventProcessor:
             accept_other_mode_events=settings.accept_other_mode_events,
         )
 
+    def _thin(self) -> ThinEvents:
+        from portal_service.mirror.thin import ThinEvents  # thin.py builds on this module
+
+        return ThinEvents(
+            self._sessionmaker,
+            self._gateway,
+            livemode=self._livemode,
+            accept_other_mode_events=self._accept_other_mode,
+        )
+
     def _route(self, received: Received) -> EventRoute | None:
         if received.event is None:
             return None
@@ -427,6 +440,8 @@ class EventProcessor:
             WEBHOOK_APPLY_SECONDS.observe(time.perf_counter() - started)
 
     async def _receive(self, received: Received) -> WebhookStatus:
+        if received.event is None:  # a thin event: its own, rarer path (mirror/thin.py)
+            return await self._thin().receive(received)
         route = self._route(received)
         async with self._sessionmaker() as session:
             inserted = await _insert_event(
@@ -467,6 +482,9 @@ class EventProcessor:
             if state is None or state.payload is None:
                 raise EventNotFound()
             received = received_from(state.payload)
+            if received.event is None:  # a thin event (mirror/thin.py)
+                await session.rollback()
+                return await self._thin().replay(received)
             applied = await self._apply(session, received, self._route(received), fresh=False)
         if not isinstance(applied, _Refetch):
             return ("ignored" if applied == "ignored" else "processed"), applied
