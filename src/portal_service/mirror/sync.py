@@ -33,6 +33,7 @@ from portal_service.mirror.apply import (
     watermark,
 )
 from portal_service.mirror.intake import EventProcessor, received_from
+from portal_service.mirror.reconcile import Reconciler
 from portal_service.mirror.tables import Customer, StripeEvent, SyncState
 
 SyncKind = Literal[
@@ -137,6 +138,11 @@ class Syncer:
         self._sleep = sleep
         self._on_page = on_page
         self.results: Counter[tuple[str, str]] = Counter()
+        # Every id Stripe listed per kind in this run: what `sync --prune` keeps.
+        self.listed: dict[SyncKind, set[str]] = {kind: set() for kind in SYNC_KINDS}
+
+    def _state_key(self, kind: SyncKind) -> str:
+        return state_key(kind, self._account)
 
     # -- Stripe, outside any transaction -------------------------------------------------
 
@@ -175,6 +181,7 @@ class Syncer:
         """Apply one page; returns the ids left to settle (a same-second event reached them)."""
         mirror_kind = _MIRROR_KIND[kind]
         ties: list[str] = []
+        self.listed[kind].update(obj["id"] for obj in page.objects)
         async with self._sessionmaker() as session:
             for obj in page.objects:
                 outcome = await apply_fetched(
@@ -192,7 +199,7 @@ class Syncer:
                 if kind == "customers" and outcome in (Outcome.APPLIED, Outcome.NOOP):
                     await self._claim_app_user(session, obj)
             if cursor_of is not None and page.objects:
-                await _save_cursor(session, cursor_of, page.objects[-1]["id"])
+                await _save_cursor(session, self._state_key(cursor_of), page.objects[-1]["id"])
             await session.commit()
         if self._on_page is not None:
             self._on_page(kind, len(page.objects))
@@ -283,7 +290,7 @@ class Syncer:
         async with self._sessionmaker() as session:
             await session.execute(
                 update(_SYNC_STATE)
-                .where(_SYNC_STATE.c.kind == kind)
+                .where(_SYNC_STATE.c.kind == self._state_key(kind))
                 .values(completed_at=utcnow(), updated_at=utcnow())
             )
             await session.commit()
@@ -319,7 +326,7 @@ class Syncer:
                     raise outcome
             cursor = batch[-1]
             async with self._sessionmaker() as session:
-                await _save_cursor(session, kind, cursor)
+                await _save_cursor(session, self._state_key(kind), cursor)
                 await session.commit()
 
     async def _sync_customer_list(self, kind: SyncKind, customer_id: str) -> int:
@@ -439,6 +446,11 @@ class Syncer:
         return found
 
 
+def state_key(kind: SyncKind, account: str) -> str:
+    """The `sync_state` row of a kind: one per Connect account besides the platform's."""
+    return f"{kind}@{account}" if account else kind
+
+
 async def _save_cursor(session: AsyncSession, kind: str, cursor: str) -> None:
     await session.execute(
         update(_SYNC_STATE)
@@ -448,34 +460,40 @@ async def _save_cursor(session: AsyncSession, kind: str, cursor: str) -> None:
 
 
 async def start_kinds(
-    sessionmaker: async_sessionmaker[AsyncSession], kinds: Sequence[SyncKind], *, resume: bool
+    sessionmaker: async_sessionmaker[AsyncSession],
+    kinds: Sequence[SyncKind],
+    *,
+    resume: bool,
+    account: str = "",
 ) -> dict[SyncKind, str | None]:
     """The kinds to sync now and the cursor each resumes after. Without `resume`, every kind
     starts over. With it, a kind a previous run completed is skipped and one it left
-    unfinished continues after its cursor."""
+    unfinished continues after its cursor. Each Connect account has its own progress."""
     todo: dict[SyncKind, str | None] = {}
+    keys = {kind: state_key(kind, account) for kind in kinds}
     async with sessionmaker() as session:
         existing = {
             row.kind: row
             for row in (
                 await session.execute(
-                    select(_SYNC_STATE).where(_SYNC_STATE.c.kind.in_(list(kinds)))
+                    select(_SYNC_STATE).where(_SYNC_STATE.c.kind.in_(list(keys.values())))
                 )
             ).all()
         }
         now = utcnow()
         for kind in kinds:
-            row = existing.get(kind)
+            key = keys[kind]
+            row = existing.get(key)
             if resume and row is not None:
                 if row.completed_at is None:
                     todo[kind] = row.cursor
                 continue
             if row is None:
-                session.add(SyncState(kind=kind, started_at=now, updated_at=now))
+                session.add(SyncState(kind=key, started_at=now, updated_at=now))
             else:
                 await session.execute(
                     update(_SYNC_STATE)
-                    .where(_SYNC_STATE.c.kind == kind)
+                    .where(_SYNC_STATE.c.kind == key)
                     .values(cursor=None, started_at=now, updated_at=now, completed_at=None)
                 )
             todo[kind] = None
@@ -494,20 +512,45 @@ async def run_sync(
     concurrency: int = 4,
     sleep: Sleep = asyncio.sleep,
     on_page: OnPage | None = None,
+    account: str = "",
+    prune: bool = False,
 ) -> Counter[tuple[str, str]]:
-    """`portal-service sync` without its command line: every kind of `kinds` in order."""
+    """`portal-service sync` without its command line: every kind of `kinds` in order.
+    `account`: a Connect account instead of the platform. `prune`: after each kind, the
+    live rows Stripe did not list are retrieved and applied as Stripe answers (a whole
+    listing is needed: not with `since` or `resume`)."""
+    if prune and (since is not None or resume):
+        raise ValueError("prune needs whole lists: not with since or resume")
     syncer = Syncer(
         sessionmaker,
         gateway,
         livemode=livemode,
+        account=account,
         concurrency=concurrency,
         sleep=sleep,
         on_page=on_page,
     )
-    todo = await start_kinds(sessionmaker, kinds, resume=resume)
+    todo = await start_kinds(sessionmaker, kinds, resume=resume, account=account)
     for kind, cursor in todo.items():
         await syncer.sync_kind(kind, since=since, cursor=cursor)
+        if prune:
+            await _prune(syncer, sessionmaker, gateway, kind, livemode=livemode, account=account)
     return syncer.results
+
+
+async def _prune(
+    syncer: Syncer,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    gateway: Gateway,
+    kind: SyncKind,
+    *,
+    livemode: bool,
+    account: str,
+) -> None:
+    reconciler = Reconciler(sessionmaker, gateway, livemode=livemode, account=account)
+    report = await reconciler.prune(kind, syncer.listed[kind])
+    for outcome, count in report.fixed.items():
+        syncer.results[kind, f"pruned {outcome}"] += count
 
 
 class ResyncResult(BaseModel):

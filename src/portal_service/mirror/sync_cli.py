@@ -51,12 +51,31 @@ def sync(
     concurrency: Annotated[
         int, typer.Option(min=1, max=16, help="Customers whose lists are fetched at once.")
     ] = 4,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            "--prune",
+            help="Also settle mirrored objects Stripe no longer lists (a payment method "
+            "detached, an object deleted while no webhook came): each is retrieved and "
+            "applied as Stripe answers. Not with --since or --resume.",
+        ),
+    ] = False,
+    account: Annotated[
+        str | None,
+        typer.Option(help="Sync this Connect account (acct_...) instead of the platform."),
+    ] = None,
 ) -> None:
     """Backfill the mirror from Stripe through the webhooks' upsert path (ordering holds)."""
     try:
         kinds = parse_only(only)
     except ValueError as exc:
         raise _fail(f"--only: {exc}") from None
+    if prune and (since is not None or resume or events):
+        raise _fail("--prune needs whole lists: not with --since, --resume or --events")
+    if account is not None and not (
+        account.startswith("acct_") and account[5:].isalnum() and len(account) <= 64
+    ):
+        raise _fail("--account must be a Stripe account id (acct_...)")
     try:
         since_ts = parse_since(since) if since is not None else None
     except ValueError as exc:
@@ -75,6 +94,8 @@ def sync(
             since=since_ts,
             resume=resume,
             concurrency=concurrency,
+            prune=prune,
+            account=account or "",
         )
     except DomainError as exc:
         typer.echo(f"portal-service: sync stopped: {exc.code}: {exc.detail}", err=True)
@@ -91,16 +112,26 @@ def _run(
     since: int | None,
     resume: bool,
     concurrency: int,
+    prune: bool = False,
+    account: str = "",
 ) -> None:
     if events:
-        counts = asyncio.run(sync_events(settings))
+        counts = asyncio.run(sync_events(settings, account=account))
         summary = ", ".join(f"{name} {count}" for name, count in sorted(counts.items()))
         typer.echo(f"events: {counts.total()}" + (f" ({summary})" if summary else ""))
         if counts["failed"]:
             raise typer.Exit(code=1)
         return
     results = asyncio.run(
-        sync_objects(settings, kinds=kinds, since=since, resume=resume, concurrency=concurrency)
+        sync_objects(
+            settings,
+            kinds=kinds,
+            since=since,
+            resume=resume,
+            concurrency=concurrency,
+            prune=prune,
+            account=account,
+        )
     )
     for kind in kinds:
         outcomes = {o: n for (k, o), n in sorted(results.items()) if k == kind}
@@ -115,6 +146,8 @@ async def sync_objects(
     since: int | None,
     resume: bool,
     concurrency: int,
+    prune: bool = False,
+    account: str = "",
 ) -> Counter[tuple[str, str]]:
     from rich.progress import Progress, TaskID
 
@@ -136,13 +169,15 @@ async def sync_objects(
                 resume=resume,
                 concurrency=concurrency,
                 on_page=lambda kind, n: progress.advance(tasks[kind], n),
+                prune=prune,
+                account=account,
             )
     finally:
         await gateway.aclose()
         await engine.dispose()
 
 
-async def sync_events(settings: Settings) -> Counter[str]:
+async def sync_events(settings: Settings, *, account: str = "") -> Counter[str]:
     from rich.progress import Progress
 
     from portal_service.db import create_engine, create_sessionmaker
@@ -161,6 +196,7 @@ async def sync_events(settings: Settings) -> Counter[str]:
                 sessionmaker,
                 gateway,
                 livemode=settings.livemode,
+                account=account,
                 on_page=lambda _kind, n: progress.advance(task, n),
             )
             return await syncer.catch_up_events(processor)

@@ -1,0 +1,393 @@
+"""Drift between the mirror and Stripe (`portal-service reconcile`, `sync --prune`).
+
+Per kind, the mirror's rows are read first, then Stripe's objects (whole lists, or one
+retrieve per sampled row), outside any transaction; each difference is one `Drift`:
+`missing_here` (Stripe has it, the mirror does not), `missing_there` (a live row Stripe no
+longer lists: a payment method detached or an object deleted while no webhook came), or
+`differs` (the columns the mirror projects from Stripe's object are not what Stripe says).
+A fix applies Stripe's own answer through the webhooks' upsert path (`apply_answer`), so the
+ordering rules hold: an event newer than the read still wins. Nothing is removed on the
+strength of a list alone: a row Stripe did not list is retrieved first, and only a 404
+tombstones it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast, get_args
+
+from sqlalchemy import Table, not_, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from portal_service.gateway import Fetched, Gateway, ObjectKind, StripeObjectMissing
+from portal_service.gateway.base import ListKind
+from portal_service.mirror import tables
+from portal_service.mirror.apply import (
+    ENTITLEMENT_SUMMARY,
+    PROJECTIONS,
+    MirrorKind,
+    Outcome,
+    Watermark,
+    apply_answer,
+    table_of,
+)
+
+ReconcileKind = Literal[
+    "customers",
+    "subscriptions",
+    "payment_methods",
+    "invoices",
+    "tax_ids",
+    "portal_configurations",
+    "entitlements",
+]
+RECONCILE_KINDS: tuple[ReconcileKind, ...] = get_args(ReconcileKind)
+Problem = Literal["missing_here", "missing_there", "differs"]
+OnProgress = Callable[[str, int], None]
+
+_MIRROR_KIND: dict[ReconcileKind, MirrorKind] = {
+    "customers": "customer",
+    "subscriptions": "subscription",
+    "payment_methods": "payment_method",
+    "invoices": "invoice",
+    "tax_ids": "tax_id",
+    "portal_configurations": "billing_portal.configuration",
+    "entitlements": ENTITLEMENT_SUMMARY,
+}
+_LIST_KIND: dict[ReconcileKind, ListKind] = {
+    "customers": "customer",
+    "subscriptions": "subscription",
+    "payment_methods": "payment_method",
+    "invoices": "invoice",
+    "tax_ids": "tax_id",
+    "portal_configurations": "billing_portal.configuration",
+}
+_LIST_PARAMS: dict[ReconcileKind, dict[str, Any]] = {"subscriptions": {"status": "all"}}
+_PER_CUSTOMER: frozenset[ReconcileKind] = frozenset({"payment_methods", "tax_ids"})
+# Bookkeeping columns: what the mirror adds, not what Stripe says.
+_NOT_COMPARED = frozenset(
+    {"id", "livemode", "account", "raw", "source_ts", "source_event_id", "updated_at"}
+)
+PAGE_SIZE = 100
+_CUSTOMERS = table_of(tables.Customer)
+_ENTITLEMENTS = table_of(tables.Entitlement)
+
+
+def parse_kinds(value: str | None) -> list[ReconcileKind]:
+    """`--only a,b`: the kinds named, in reconcile order; every kind when None."""
+    if value is None:
+        return list(RECONCILE_KINDS)
+    names = {name.strip() for name in value.split(",") if name.strip()}
+    unknown = sorted(names - set(RECONCILE_KINDS))
+    if unknown or not names:
+        raise ValueError(
+            f"unknown kind(s) {', '.join(unknown) or '(none)'}; "
+            f"choose from {', '.join(RECONCILE_KINDS)}"
+        )
+    return [kind for kind in RECONCILE_KINDS if kind in names]
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    kind: ReconcileKind
+    object_id: str
+    problem: Problem
+    fields: tuple[str, ...] = ()
+    # Stripe's object when the comparison read it (None: to be retrieved on a fix).
+    fetched: Fetched | None = None
+    # The row's watermark when it was read: a fix wins only over a row that has not moved.
+    seen: Watermark | None = None
+
+
+@dataclass
+class KindReport:
+    checked: int = 0
+    drift: list[Drift] = field(default_factory=list)
+    fixed: Counter[str] = field(default_factory=Counter)
+
+    def count(self, problem: Problem) -> int:
+        return sum(1 for d in self.drift if d.problem == problem)
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    values: dict[str, Any]
+    seen: Watermark
+
+    @property
+    def live(self) -> bool:
+        return not self.values.get("deleted")
+
+
+def _projected(kind: MirrorKind, obj: dict[str, Any]) -> dict[str, Any]:
+    projection = PROJECTIONS[kind]
+    model = projection.parse(obj)
+    values = projection.columns(model, "upsert")
+    created = getattr(model, "created", None)
+    if created is not None:
+        values["stripe_created"] = created
+    deleted = bool(getattr(model, "deleted", False))
+    if kind != "subscription" or deleted:
+        # A canceled subscription's row is a tombstone while Stripe still lists it.
+        values["deleted"] = deleted
+    return values
+
+
+def differing_fields(kind: MirrorKind, obj: dict[str, Any], row: dict[str, Any]) -> list[str]:
+    """The mirror's columns that do not say what Stripe's object says."""
+    return sorted(
+        name
+        for name, value in _projected(kind, obj).items()
+        if name not in _NOT_COMPARED and name in row and row[name] != value
+    )
+
+
+class Reconciler:
+    """Compares one mode and account of the mirror with Stripe and, asked to, repairs it."""
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        gateway: Gateway,
+        *,
+        livemode: bool,
+        account: str = "",
+        sample: int | None = None,
+        rng: random.Random | None = None,
+        on_progress: OnProgress | None = None,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._gateway = gateway
+        self._livemode = livemode
+        self._account = account
+        self._sample = sample
+        self._rng = rng or random.Random()  # noqa: S311 - sampling, not secrets
+        self._on_progress = on_progress
+
+    async def run(self, kinds: Sequence[ReconcileKind], *, fix: bool) -> dict[str, KindReport]:
+        """Each kind in order, fixed before the next is compared (so the payment methods
+        of a customer that was missing here are compared once it is mirrored)."""
+        reports: dict[str, KindReport] = {}
+        for kind in kinds:
+            report = await self.compare(kind)
+            if fix:
+                await self.fix(report)
+            reports[kind] = report
+        return reports
+
+    # -- reading: the mirror first, then Stripe ------------------------------------------
+
+    async def _rows(self, kind: ReconcileKind, where: Iterable[Any] = ()) -> dict[str, _Row]:
+        table = PROJECTIONS[_MIRROR_KIND[kind]].table
+        query = select(table).where(
+            table.c.livemode == self._livemode, table.c.account == self._account, *where
+        )
+        async with self._sessionmaker() as session:
+            result = await session.execute(query)
+            return {
+                row.id: _Row(values=dict(row._mapping), seen=(row.source_ts, row.source_event_id))
+                for row in result
+            }
+
+    async def _live_customers(self) -> list[str]:
+        query = (
+            select(_CUSTOMERS.c.id)
+            .where(
+                _CUSTOMERS.c.livemode == self._livemode,
+                _CUSTOMERS.c.account == self._account,
+                not_(_CUSTOMERS.c.deleted),
+            )
+            .order_by(_CUSTOMERS.c.id)
+        )
+        async with self._sessionmaker() as session:
+            return list((await session.execute(query)).scalars().all())
+
+    async def _listed(
+        self, kind: ReconcileKind, *, customer: str | None = None
+    ) -> dict[str, Fetched]:
+        listed: dict[str, Fetched] = {}
+        params = {**_LIST_PARAMS.get(kind, {}), "limit": PAGE_SIZE}
+        async for page in self._gateway.list_pages(
+            _LIST_KIND[kind], params=params, customer=customer, account=self._account
+        ):
+            for obj in page.objects:
+                listed[obj["id"]] = Fetched(object=obj, fetched_at=page.fetched_at)
+            self._progress(kind, len(page.objects))
+        return listed
+
+    def _progress(self, kind: str, count: int) -> None:
+        if self._on_progress is not None and count:
+            self._on_progress(kind, count)
+
+    def _sampled(self, ids: Sequence[str]) -> list[str]:
+        if self._sample is None or self._sample >= len(ids):
+            return list(ids)
+        return self._rng.sample(list(ids), self._sample)
+
+    async def _retrieve(self, kind: ReconcileKind, object_id: str) -> Fetched | None:
+        try:
+            if kind == "entitlements":
+                return await self._gateway.list_active_entitlements(
+                    object_id, account=self._account
+                )
+            object_kind = cast(ObjectKind, _MIRROR_KIND[kind])
+            return await self._gateway.retrieve(object_kind, object_id, account=self._account)
+        except StripeObjectMissing:
+            return None
+
+    async def compare(self, kind: ReconcileKind) -> KindReport:
+        if kind == "entitlements":
+            return await self._compare_entitlements()
+        mirror_kind = _MIRROR_KIND[kind]
+        where: list[Any] = []
+        if kind == "payment_methods":
+            # Only attached methods: a detached one is mirrored with no customer.
+            where.append(PROJECTIONS[mirror_kind].table.c.customer_id.is_not(None))
+        rows = await self._rows(kind, where)
+        if self._sample is not None:
+            return await self._compare_sample(kind, rows)
+        if kind in _PER_CUSTOMER:
+            listed: dict[str, Fetched] = {}
+            customers = await self._live_customers()
+            for customer_id in customers:
+                try:
+                    listed.update(await self._listed(kind, customer=customer_id))
+                except StripeObjectMissing:
+                    continue  # the customer is gone: its own drift, in `customers`
+            # Rows of customers the mirror no longer holds live are not compared.
+            alive = set(customers)
+            rows = {i: r for i, r in rows.items() if r.values.get("customer_id") in alive}
+        else:
+            listed = await self._listed(kind)
+        report = KindReport(checked=len(set(rows) | set(listed)))
+        for object_id, fetched in listed.items():
+            row = rows.get(object_id)
+            if row is None:
+                if fetched.object.get("deleted") is not True:
+                    report.drift.append(Drift(kind, object_id, "missing_here", fetched=fetched))
+                continue
+            fields = differing_fields(mirror_kind, fetched.object, row.values)
+            if fields:
+                report.drift.append(
+                    Drift(kind, object_id, "differs", tuple(fields), fetched, row.seen)
+                )
+        for object_id, row in sorted(rows.items()):
+            if object_id not in listed and row.live:
+                report.drift.append(Drift(kind, object_id, "missing_there", seen=row.seen))
+        return report
+
+    async def _compare_sample(self, kind: ReconcileKind, rows: dict[str, _Row]) -> KindReport:
+        """A random sample of the mirror's live rows, each retrieved from Stripe: finds rows
+        that differ or are gone there (what is missing here needs the whole lists)."""
+        mirror_kind = _MIRROR_KIND[kind]
+        live = sorted(i for i, r in rows.items() if r.live)
+        report = KindReport()
+        for object_id in self._sampled(live):
+            row = rows[object_id]
+            fetched = await self._retrieve(kind, object_id)
+            report.checked += 1
+            self._progress(kind, 1)
+            gone = fetched is None or fetched.object.get("deleted") is True
+            if kind == "payment_methods" and fetched is not None:
+                gone = gone or fetched.object.get("customer") is None
+            if gone:
+                report.drift.append(Drift(kind, object_id, "missing_there", seen=row.seen))
+                continue
+            assert fetched is not None  # noqa: S101 - `gone` covers None
+            fields = differing_fields(mirror_kind, fetched.object, row.values)
+            if fields:
+                report.drift.append(
+                    Drift(kind, object_id, "differs", tuple(fields), fetched, row.seen)
+                )
+        return report
+
+    async def _compare_entitlements(self) -> KindReport:
+        """Per live customer: Stripe's active entitlements against the mirrored set."""
+        customers = await self._live_customers()
+        summaries = await self._rows("entitlements")
+        query = select(
+            _ENTITLEMENTS.c.customer_id, _ENTITLEMENTS.c.id, _ENTITLEMENTS.c.lookup_key
+        ).where(_ENTITLEMENTS.c.livemode == self._livemode)
+        query = query.where(_ENTITLEMENTS.c.account == self._account)
+        mirrored: dict[str, dict[str, str | None]] = {}
+        async with self._sessionmaker() as session:
+            for row in await session.execute(query):
+                mirrored.setdefault(row.customer_id, {})[row.id] = row.lookup_key
+        report = KindReport()
+        for customer_id in self._sampled(customers):
+            fetched = await self._retrieve("entitlements", customer_id)
+            report.checked += 1
+            self._progress("entitlements", 1)
+            if fetched is None:
+                continue  # the customer is gone: its own drift, in `customers`
+            stripe_set = {
+                e["id"]: e.get("lookup_key") for e in fetched.object["entitlements"]["data"]
+            }
+            here = mirrored.get(customer_id, {})
+            if stripe_set == here:
+                continue
+            fields = sorted(
+                [f"+{stripe_set[i] or i}" for i in set(stripe_set) - set(here)]
+                + [f"-{here[i] or i}" for i in set(here) - set(stripe_set)]
+                + [
+                    f"~{stripe_set[i] or i}"
+                    for i in set(here) & set(stripe_set)
+                    if here[i] != stripe_set[i]
+                ]
+            )
+            summary = summaries.get(customer_id)
+            problem: Problem = "differs" if here or summary is not None else "missing_here"
+            seen = summary.seen if summary is not None else None
+            report.drift.append(
+                Drift("entitlements", customer_id, problem, tuple(fields), fetched, seen)
+            )
+        return report
+
+    # -- repairing: Stripe's answer through the upsert path -------------------------------
+
+    async def fix(self, report: KindReport) -> None:
+        """Apply Stripe's object for each drift (retrieved first when the comparison did not
+        read it); `report.fixed` counts the outcomes (`applied`, or `stale`/`tie` when the
+        mirror moved meanwhile and its newer state stays)."""
+        for drift in report.drift:
+            outcome = await self.repair(drift)
+            report.fixed[outcome] += 1
+
+    async def repair(self, drift: Drift) -> str:
+        fetched = drift.fetched
+        if fetched is None:
+            fetched = await self._retrieve(drift.kind, drift.object_id)
+        async with self._sessionmaker() as session:
+            outcome = await apply_answer(
+                session,
+                _MIRROR_KIND[drift.kind],
+                drift.object_id,
+                fetched,
+                account=self._account,
+                livemode=self._livemode,
+                supersedes=drift.seen,
+            )
+            await session.commit()
+        return "tie" if outcome is Outcome.REFETCH else outcome.value
+
+    async def prune(self, kind: ReconcileKind, listed: set[str]) -> KindReport:
+        """`sync --prune`: the live rows of `kind` that a whole sync did not see listed,
+        each retrieved and applied as Stripe answers (a 404 tombstones it)."""
+        where: list[Any] = []
+        table: Table = PROJECTIONS[_MIRROR_KIND[kind]].table
+        if kind == "payment_methods":
+            where.append(table.c.customer_id.is_not(None))
+        rows = await self._rows(kind, where)
+        report = KindReport(checked=len(rows))
+        for object_id, row in sorted(rows.items()):
+            if row.live and object_id not in listed:
+                report.drift.append(Drift(kind, object_id, "missing_there", seen=row.seen))
+        await self.fix(report)
+        return report
+
+
+def drift_found(reports: dict[str, KindReport]) -> bool:
+    return any(report.drift for report in reports.values())
