@@ -157,7 +157,7 @@ class TestCreatePortalSession:
         self, stripe_app: httpx.AsyncClient, stripe_fake: StripeFake
     ) -> None:
         response = await stripe_app.post(
-            "/portal-sessions", headers=user_headers("user_42"), json={"on_behalf_of": "acct_1"}
+            "/portal-sessions", headers=user_headers("user_42"), json={"after_expiration": {}}
         )
         assert response.status_code == 422
         assert response.json()["code"] == "invalid_request"

@@ -96,7 +96,7 @@ class OfflineGateway:
             "flow": params.get("flow_data"),
             "livemode": False,
             "locale": params.get("locale"),
-            "on_behalf_of": None,
+            "on_behalf_of": params.get("on_behalf_of"),
             "return_url": params.get("return_url"),
         }
         if idempotency_key is not None:

@@ -29,7 +29,11 @@ from portal_service.mirror.apply import apply_fetched
 from portal_service.portal.configs import NamedConfiguration, PortalConfigFile
 
 # Lists Stripe may return in another order than the file's: compared as sets.
-_UNORDERED = frozenset({"allowed_updates", "options", "default_allowed_updates", "prices"})
+_UNORDERED = frozenset(
+    {"allowed_updates", "options", "default_allowed_updates", "prices", "conditions"}
+)
+# File keys that are not Stripe configuration parameters.
+_NOT_SENT = frozenset({"ids", "on_behalf_of"})
 _PRODUCTS = "features.subscription_update.products"
 
 
@@ -53,6 +57,8 @@ class Plan:
     params: dict[str, Any]
     differences: tuple[Difference, ...]
     current: Fetched | None  # Stripe's configuration, when there is one
+    # Found in Stripe by its `name` (the file had no id for this mode): the id is recorded.
+    adopted: bool = False
 
     @property
     def changed(self) -> bool:
@@ -76,7 +82,7 @@ def mode_name(*, livemode: bool) -> Literal["live", "test"]:
 
 def declared_params(configuration: NamedConfiguration) -> dict[str, Any]:
     """Stripe's create/update parameters for what the file declares (unset fields left out)."""
-    return configuration.model_dump(mode="json", exclude_none=True, exclude={"ids"})
+    return configuration.model_dump(mode="json", exclude_none=True, exclude=set(_NOT_SENT))
 
 
 def _products_by_id(products: Any) -> dict[str, dict[str, Any]]:
@@ -143,12 +149,24 @@ def _stripe_failure(exc: DomainError, what: str) -> ConfigSyncError:
 async def plan_configurations(
     gateway: Gateway, config_file: PortalConfigFile, *, livemode: bool
 ) -> list[Plan]:
-    """Each named configuration (in name order) against Stripe's for this mode."""
+    """Each named configuration (in name order) against Stripe's for this mode. One without
+    an id for the mode that declares Stripe's `name` is matched to the mode's configuration
+    of that name, if there is one (active ones first); several are an error."""
     plans = []
+    by_name: dict[str, list[Fetched]] | None = None
     for name in sorted(config_file.configurations):
         configuration = config_file.configurations[name]
         params = declared_params(configuration)
         configuration_id = configuration.id_for(livemode=livemode)
+        if configuration_id is None and configuration.name is not None:
+            if by_name is None:
+                by_name = await _configurations_by_name(gateway)
+            found = _one_named(name, configuration.name, by_name.get(configuration.name, []))
+            if found is not None:
+                differences = tuple(compare(configuration, found.object))
+                found_id = str(found.object["id"])
+                plans.append(Plan(name, found_id, params, differences, found, adopted=True))
+                continue
         if configuration_id is None:
             plans.append(Plan(name, None, params, (), None))
             continue
@@ -164,6 +182,30 @@ async def plan_configurations(
         differences = tuple(compare(configuration, current.object))
         plans.append(Plan(name, configuration_id, params, differences, current))
     return plans
+
+
+async def _configurations_by_name(gateway: Gateway) -> dict[str, list[Fetched]]:
+    out: dict[str, list[Fetched]] = {}
+    try:
+        async for page in gateway.list_pages("billing_portal.configuration", params={"limit": 100}):
+            for obj in page.objects:
+                if isinstance(obj.get("name"), str):
+                    out.setdefault(obj["name"], []).append(Fetched(obj, page.fetched_at))
+    except DomainError as exc:
+        raise _stripe_failure(exc, "listing portal configurations") from exc
+    return out
+
+
+def _one_named(name: str, stripe_name: str, found: list[Fetched]) -> Fetched | None:
+    active = [f for f in found if f.object.get("active") is not False]
+    candidates = active or found
+    if len(candidates) > 1:
+        ids = ", ".join(sorted(str(f.object["id"]) for f in candidates))
+        raise ConfigSyncError(
+            f"configuration {name}: several Stripe configurations are named "
+            f"{stripe_name!r} ({ids}); put the right one in its ids"
+        )
+    return candidates[0] if candidates else None
 
 
 async def check_catalog(
@@ -319,6 +361,8 @@ async def apply_file(
     created: dict[str, str] = {}
     try:
         plans = await plan_configurations(gateway, config_file, livemode=livemode)
+        # Found by name: recorded like a created one, so the next run reads it by id.
+        created.update({p.name: str(p.configuration_id) for p in plans if p.adopted})
         problems = await check_catalog(gateway, config_file, livemode=livemode)
         if problems:
             raise CatalogProblems(problems)
@@ -465,7 +509,8 @@ def diff_lines(plans: list[Plan], *, livemode: bool) -> list[tuple[str, str | No
             for path, value in _leaves(plan.params, ""):
                 out.append((f"+   {path} = {_shown(value)}", "green"))
         elif plan.differences:
-            out.append((f"~ configuration {plan.name} ({plan.configuration_id})", "yellow"))
+            found = ", found by name" if plan.adopted else ""
+            out.append((f"~ configuration {plan.name} ({plan.configuration_id}{found})", "yellow"))
             for difference in plan.differences:
                 out.append((f"-   {difference.path} = {_shown(difference.actual)}", "red"))
                 out.append((f"+   {difference.path} = {_shown(difference.declared)}", "green"))

@@ -7,6 +7,19 @@ Stripe from it. Example:
     [configurations.basic]
     default_return_url = "https://app.example.com/account"
     ids = { test = "bpc_test_basic", live = "bpc_live_basic" }
+    name = "Basic plan"            # Stripe's `name`: found by it when a mode has no id yet
+    metadata = { team = "billing" }
+    login_page = { enabled = true }
+    on_behalf_of = "acct_123"      # Connect: sessions with it act for this account
+    [configurations.basic.features.subscription_update]
+    enabled = true
+    billing_cycle_anchor = "unchanged"
+    trial_update_behavior = "continue_trial"
+    schedule_at_period_end = { conditions = [{ type = "decreasing_item_amount" }] }
+    [[configurations.basic.features.subscription_update.products]]
+    product = "prod_basic"
+    prices = ["price_basic_m"]
+    adjustable_quantity = { enabled = true, maximum = 10 }
     [configurations.basic.features.subscription_cancel]
     enabled = true
     mode = "at_period_end"
@@ -52,6 +65,8 @@ ConfigName = Annotated[
 ]
 CONFIGURATION_ID_PATTERN = r"^bpc_[A-Za-z0-9_]+$"
 ConfigurationId = Annotated[str, Field(pattern=CONFIGURATION_ID_PATTERN, max_length=255)]
+ACCOUNT_ID_PATTERN = r"^acct_[A-Za-z0-9]+$"
+AccountId = Annotated[str, Field(pattern=ACCOUNT_ID_PATTERN, max_length=255)]
 
 
 class PortalConfigError(ValueError):
@@ -125,6 +140,15 @@ class UpdatableProduct(_Model):
     adjustable_quantity: AdjustableQuantity | None = None
 
 
+class ScheduleCondition(_Model):
+    type: Literal["decreasing_item_amount", "shortening_interval"]
+
+
+class ScheduleAtPeriodEnd(_Model):
+    # Changes meeting any condition wait for the end of the period.
+    conditions: list[ScheduleCondition] = Field(default_factory=list)
+
+
 class SubscriptionUpdateFeature(_Model):
     enabled: bool = False
     default_allowed_updates: list[Literal["price", "promotion_code", "quantity"]] = Field(
@@ -135,6 +159,7 @@ class SubscriptionUpdateFeature(_Model):
     proration_behavior: Literal["always_invoice", "create_prorations", "none"] | None = None
     trial_update_behavior: Literal["continue_trial", "end_trial"] | None = None
     billing_cycle_anchor: Literal["now", "unchanged"] | None = None
+    schedule_at_period_end: ScheduleAtPeriodEnd | None = None
 
 
 class SubscriptionPauseFeature(_Model):
@@ -150,11 +175,22 @@ class Features(_Model):
     subscription_pause: SubscriptionPauseFeature | None = None
 
 
+class LoginPage(_Model):
+    enabled: bool = False
+
+
 class NamedConfiguration(_Model):
     ids: ModeIds = Field(default_factory=ModeIds)
+    # Stripe's own `name` of the configuration: `portal-config` finds an existing one by it
+    # when the file has no id for the mode yet.
+    name: str | None = Field(default=None, min_length=1, max_length=256)
+    metadata: dict[str, str] | None = None
     default_return_url: str | None = None
     business_profile: BusinessProfile | None = None
+    login_page: LoginPage | None = None
     features: Features = Field(default_factory=Features)
+    # Not a configuration field: sessions created with this configuration pass it to Stripe.
+    on_behalf_of: AccountId | None = None
 
     def id_for(self, *, livemode: bool) -> str | None:
         return self.ids.live if livemode else self.ids.test

@@ -16,6 +16,7 @@ SubscriptionId = Annotated[str, Field(max_length=255, pattern=r"^sub_[A-Za-z0-9_
 SubscriptionItemId = Annotated[str, Field(max_length=255, pattern=r"^si_[A-Za-z0-9_]+$")]
 CustomerId = Annotated[str, Field(max_length=255, pattern=r"^cus_[A-Za-z0-9_]+$")]
 AppUserId = Annotated[str, Field(min_length=1, max_length=255)]
+AccountId = Annotated[str, Field(max_length=255, pattern=r"^acct_[A-Za-z0-9]+$")]
 Url = Annotated[str, Field(min_length=1, max_length=2048)]
 
 
@@ -146,6 +147,12 @@ class PortalSessionRequest(_Strict):
     flow: Flow | None = None
     customer_id: CustomerId | None = Field(default=None, description="API-key callers only.")
     app_user_id: AppUserId | None = Field(default=None, description="API-key callers only.")
+    on_behalf_of: AccountId | None = Field(
+        default=None,
+        description="API-key callers only (Connect): the connected account the portal acts "
+        "for. Default: the configuration's `on_behalf_of` in PORTAL_CONFIG_FILE.",
+        examples=["acct_123"],
+    )
 
 
 class PortalSessionOut(BaseModel):

@@ -196,6 +196,9 @@ async def create_portal_session(
         params["configuration"] = selected.configuration_id
     if body.flow is not None:
         params["flow_data"] = flow_data(body.flow)
+    on_behalf_of = body.on_behalf_of or _configured_on_behalf_of(portal_config, selected)
+    if on_behalf_of is not None:
+        params["on_behalf_of"] = on_behalf_of
 
     await session.commit()  # end the read transaction before calling Stripe
     try:
@@ -251,12 +254,26 @@ async def create_portal_session(
     )
 
 
+def _configured_on_behalf_of(
+    portal_config: PortalConfigFile | None, selected: Selected | None
+) -> str | None:
+    """The Connect account the chosen configuration of the file acts for, if it names one."""
+    if portal_config is None or selected is None or selected.name is None:
+        return None
+    configuration = portal_config.configurations.get(selected.name)
+    return configuration.on_behalf_of if configuration is not None else None
+
+
 def _check_target(caller: Caller, body: PortalSessionRequest) -> None:
     if isinstance(caller, EndUser):
         if body.customer_id is not None or body.app_user_id is not None:
             raise Forbidden(
                 "customer_id and app_user_id are for API-key callers; an end user's "
                 "customer comes from the token."
+            )
+        if body.on_behalf_of is not None:
+            raise Forbidden(
+                "on_behalf_of is for API-key callers; an end user gets the configuration's."
             )
         return
     if (body.customer_id is None) == (body.app_user_id is None):
