@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
+import pytest
 import respx
 import stripe
 
@@ -77,6 +78,7 @@ class TestThinEventSignatures:
         assert response.json()["code"] == "invalid_signature"
 
 
+@pytest.mark.sqlite
 class TestThinEvents:
     async def test_related_object_fetched_and_stamped_with_stripes_date(
         self, stripe_client: Callable[..., Any], rows: Any, stripe_mock: respx.MockRouter
@@ -211,13 +213,24 @@ class TestThinEvents:
         assert (await rows.event(event["id"])).status == "ignored"
         assert not stripe_mock.calls
 
-    async def test_other_mode_thin_event_is_ignored(
+    async def test_other_mode_thin_event_is_ignored_even_when_accepted(
         self, stripe_client: Callable[..., Any], rows: Any, stripe_mock: respx.MockRouter
     ) -> None:
+        # This key cannot read the other mode's objects: a 404 must not tombstone them.
         event = thin_event("v1.customer.updated", ("customer", "cus_1"), livemode=True)
-        async with stripe_client() as client:
+        async with stripe_client(accept_other_mode_events=True) as client:
             assert (await deliver(client, event)).json()["status"] == "ignored"
         assert not stripe_mock.calls
+        assert await rows.get(Customer, "cus_1") is None
+
+    async def test_offline_mode_records_thin_events_without_touching_the_mirror(
+        self, client: httpx.AsyncClient, rows: Any
+    ) -> None:
+        await deliver(client, make_event("customer.created", customer(), created=T0))
+        event = thin_event("v1.customer.updated", ("customer", "cus_1"))
+        assert (await deliver(client, event)).json()["status"] == "ignored"
+        assert (await rows.event(event["id"])).status == "ignored"
+        assert (await rows.get(Customer, "cus_1")).deleted is False
 
     async def test_stripe_down_fails_the_event_and_replay_applies_it(
         self, stripe_client: Callable[..., Any], rows: Any, stripe_mock: respx.MockRouter
@@ -257,6 +270,7 @@ def paged(objects: list[dict[str, Any]], page_size: int) -> Callable[[httpx.Requ
     return serve
 
 
+@pytest.mark.sqlite
 class TestListsCutShort:
     async def test_summary_with_25_features_is_mirrored_whole(
         self, stripe_client: Callable[..., Any], rows: Any, stripe_mock: respx.MockRouter

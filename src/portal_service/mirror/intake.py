@@ -416,12 +416,7 @@ class EventProcessor:
     def _thin(self) -> ThinEvents:
         from portal_service.mirror.thin import ThinEvents  # thin.py builds on this module
 
-        return ThinEvents(
-            self._sessionmaker,
-            self._gateway,
-            livemode=self._livemode,
-            accept_other_mode_events=self._accept_other_mode,
-        )
+        return ThinEvents(self._sessionmaker, self._gateway, livemode=self._livemode)
 
     def _route(self, received: Received) -> EventRoute | None:
         if received.event is None:

@@ -182,7 +182,9 @@ class Reconciler:
 
     async def _rows(self, kind: ReconcileKind, where: Iterable[Any] = ()) -> dict[str, _Row]:
         table = PROJECTIONS[_MIRROR_KIND[kind]].table
-        query = select(table).where(
+        # Not `raw`: the columns are what is compared, and the copies would weigh most.
+        columns = [column for column in table.c if column.name != "raw"]
+        query = select(*columns).where(
             table.c.livemode == self._livemode, table.c.account == self._account, *where
         )
         async with self._sessionmaker() as session:

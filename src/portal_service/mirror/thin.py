@@ -139,15 +139,16 @@ class ThinEvents:
         gateway: Gateway,
         *,
         livemode: bool,
-        accept_other_mode_events: bool,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._gateway = gateway
         self._livemode = livemode
-        self._accept_other_mode = accept_other_mode_events
 
     def _target(self, received: Received) -> Target | None:
-        if received.livemode != self._livemode and not self._accept_other_mode:
+        # Nothing to fetch without Stripe (offline mode), nor for the other mode's events:
+        # this key cannot read their objects, and a 404 would tombstone an object that
+        # exists. ACCEPT_OTHER_MODE_EVENTS applies to snapshot events, which carry theirs.
+        if self._gateway.offline or received.livemode != self._livemode:
             return None
         return target_of(received.payload)
 
