@@ -146,6 +146,24 @@ class TestReconcile:
         assert not drift_found(again)
         assert again["customers"].checked == 2
 
+    async def test_a_payment_method_stripe_answers_404_for_is_tombstoned(
+        self,
+        lists: StripeLists,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        gateway: StripeGateway,
+        rows: Any,
+    ) -> None:
+        arrange(lists)
+        await synced(sessionmaker, gateway)
+        drift_in_stripe(lists)
+        del lists.deleted["pm_1"]  # retrieving it answers 404 now
+        reconciler = Reconciler(sessionmaker, gateway, livemode=False)
+        report = (await reconciler.run(["payment_methods"], fix=True))["payment_methods"]
+        assert [(d.object_id, d.problem) for d in report.drift] == [("pm_1", "missing_there")]
+        assert lists.sent("/v1/payment_methods/pm_1")
+        assert (await rows.get(PaymentMethod, "pm_1")).deleted is True
+        assert not drift_found(await reconciler.run(["payment_methods"], fix=False))
+
     async def test_an_object_stripe_no_longer_has_is_tombstoned(
         self,
         lists: StripeLists,
@@ -321,6 +339,12 @@ class TestCommands:
         assert result.exit_code == 2
         assert "--only" in result.output
         assert invoke("reconcile", "--account", "nope").exit_code == 2
+
+    @pytest.mark.parametrize("account", ["cus_1", "acct_", "acct_a/b", "acct_" + "x" * 40])
+    def test_sync_refuses_a_bad_account(self, invoke: Callable[..., Any], account: str) -> None:
+        result = invoke("sync", "--account", account)
+        assert result.exit_code == 2
+        assert "--account" in result.output
 
     def test_sync_prune_with_since_is_refused(self, invoke: Callable[..., Any]) -> None:
         result = invoke("sync", "--prune", "--since", "2026-01-01")

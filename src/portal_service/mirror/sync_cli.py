@@ -72,8 +72,10 @@ def sync(
         raise _fail(f"--only: {exc}") from None
     if prune and (since is not None or resume or events):
         raise _fail("--prune needs whole lists: not with --since, --resume or --events")
+    # 40: the account is part of a sync_state key (64 characters with the kind); Stripe's
+    # account ids are about 21.
     if account is not None and not (
-        account.startswith("acct_") and account[5:].isalnum() and len(account) <= 64
+        account.startswith("acct_") and account[5:].isalnum() and len(account) <= 40
     ):
         raise _fail("--account must be a Stripe account id (acct_...)")
     try:
