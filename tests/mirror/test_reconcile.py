@@ -19,6 +19,7 @@ from mirror.stripe_lists import StripeLists
 from mirror.stripe_payloads import (
     customer,
     entitlement_summary,
+    item,
     payment_method,
     subscription,
     utc,
@@ -41,6 +42,7 @@ from portal_service.mirror.tables import (
     Entitlement,
     PaymentMethod,
     Subscription,
+    SubscriptionItem,
     SyncState,
 )
 
@@ -163,6 +165,23 @@ class TestReconcile:
         assert lists.sent("/v1/payment_methods/pm_1")
         assert (await rows.get(PaymentMethod, "pm_1")).deleted is True
         assert not drift_found(await reconciler.run(["payment_methods"], fix=False))
+
+    async def test_a_changed_subscription_item_is_drift(
+        self,
+        lists: StripeLists,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        gateway: StripeGateway,
+        rows: Any,
+    ) -> None:
+        lists.lists["/v1/subscriptions"] = [subscription("sub_1", items=[item(quantity=1)])]
+        await synced(sessionmaker, gateway, kinds=["subscriptions"])
+        lists.lists["/v1/subscriptions"] = [subscription("sub_1", items=[item(quantity=3)])]
+        lists.date = LATER
+        reconciler = Reconciler(sessionmaker, gateway, livemode=False)
+        report = (await reconciler.run(["subscriptions"], fix=True))["subscriptions"]
+        assert [(d.object_id, d.fields) for d in report.drift] == [("sub_1", ("items",))]
+        assert [i.quantity for i in await rows.all(SubscriptionItem)] == [3]
+        assert not drift_found(await reconciler.run(["subscriptions"], fix=False))
 
     async def test_an_object_stripe_no_longer_has_is_tombstoned(
         self,

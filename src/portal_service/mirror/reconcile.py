@@ -74,6 +74,9 @@ _NOT_COMPARED = frozenset(
 PAGE_SIZE = 100
 _CUSTOMERS = table_of(tables.Customer)
 _ENTITLEMENTS = table_of(tables.Entitlement)
+_ITEMS = table_of(tables.SubscriptionItem)
+ItemState = dict[str, tuple[str | None, int | None]]
+"""A subscription's items: item id -> (price id, quantity)."""
 
 
 def parse_kinds(value: str | None) -> list[ReconcileKind]:
@@ -145,6 +148,19 @@ def differing_fields(kind: MirrorKind, obj: dict[str, Any], row: dict[str, Any])
     )
 
 
+def stripe_items(subscription: dict[str, Any]) -> ItemState:
+    items = subscription.get("items")
+    data = items.get("data") if isinstance(items, dict) else None
+    out: ItemState = {}
+    for entry in data if isinstance(data, list) else []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+            continue
+        price = entry.get("price")
+        price_id = price.get("id") if isinstance(price, dict) else price
+        out[entry["id"]] = (price_id if isinstance(price_id, str) else None, entry.get("quantity"))
+    return out
+
+
 class Reconciler:
     """Compares one mode and account of the mirror with Stripe and, asked to, repairs it."""
 
@@ -166,6 +182,7 @@ class Reconciler:
         self._sample = sample
         self._rng = rng or random.Random()  # noqa: S311 - sampling, not secrets
         self._on_progress = on_progress
+        self._items: dict[str, ItemState] = {}
 
     async def run(self, kinds: Sequence[ReconcileKind], *, fix: bool) -> dict[str, KindReport]:
         """Each kind in order, fixed before the next is compared (so the payment methods
@@ -249,6 +266,8 @@ class Reconciler:
             # Only attached methods: a detached one is mirrored with no customer.
             where.append(PROJECTIONS[mirror_kind].table.c.customer_id.is_not(None))
         rows = await self._rows(kind, where)
+        if kind == "subscriptions":
+            self._items = await self._mirrored_items()
         if self._sample is not None:
             return await self._compare_sample(kind, rows)
         if kind in _PER_CUSTOMER:
@@ -271,7 +290,7 @@ class Reconciler:
                 if fetched.object.get("deleted") is not True:
                     report.drift.append(Drift(kind, object_id, "missing_here", fetched=fetched))
                 continue
-            fields = differing_fields(mirror_kind, fetched.object, row.values)
+            fields = self._differences(kind, fetched.object, row.values)
             if fields:
                 report.drift.append(
                     Drift(kind, object_id, "differs", tuple(fields), fetched, row.seen)
@@ -281,10 +300,29 @@ class Reconciler:
                 report.drift.append(Drift(kind, object_id, "missing_there", seen=row.seen))
         return report
 
+    def _differences(
+        self, kind: ReconcileKind, obj: dict[str, Any], row: dict[str, Any]
+    ) -> list[str]:
+        fields = differing_fields(_MIRROR_KIND[kind], obj, row)
+        # A subscription's items are rows of their own: the price or quantity of one can
+        # change with nothing on the subscription itself.
+        if kind == "subscriptions" and stripe_items(obj) != self._items.get(row["id"], {}):
+            fields.append("items")
+        return fields
+
+    async def _mirrored_items(self) -> dict[str, ItemState]:
+        query = select(
+            _ITEMS.c.subscription_id, _ITEMS.c.id, _ITEMS.c.price_id, _ITEMS.c.quantity
+        ).where(_ITEMS.c.livemode == self._livemode, _ITEMS.c.account == self._account)
+        out: dict[str, ItemState] = {}
+        async with self._sessionmaker() as session:
+            for row in await session.execute(query):
+                out.setdefault(row.subscription_id, {})[row.id] = (row.price_id, row.quantity)
+        return out
+
     async def _compare_sample(self, kind: ReconcileKind, rows: dict[str, _Row]) -> KindReport:
         """A random sample of the mirror's live rows, each retrieved from Stripe: finds rows
         that differ or are gone there (what is missing here needs the whole lists)."""
-        mirror_kind = _MIRROR_KIND[kind]
         live = sorted(i for i, r in rows.items() if r.live)
         report = KindReport()
         for object_id in self._sampled(live):
@@ -299,7 +337,7 @@ class Reconciler:
                 report.drift.append(Drift(kind, object_id, "missing_there", seen=row.seen))
                 continue
             assert fetched is not None  # noqa: S101 - `gone` covers None
-            fields = differing_fields(mirror_kind, fetched.object, row.values)
+            fields = self._differences(kind, fetched.object, row.values)
             if fields:
                 report.drift.append(
                     Drift(kind, object_id, "differs", tuple(fields), fetched, row.seen)
