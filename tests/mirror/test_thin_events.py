@@ -176,6 +176,21 @@ class TestThinEvents:
             assert (await deliver(client, thin)).json()["status"] == "processed"
         assert [e.lookup_key for e in await rows.all(Entitlement)] == ["x"]
 
+    async def test_a_thin_event_naming_nothing_findable_is_ignored_not_retried(
+        self, stripe_client: Callable[..., Any], rows: Any, stripe_mock: respx.MockRouter
+    ) -> None:
+        thin = thin_event("v1.entitlements.active_entitlement_summary.updated")
+        stripe_mock.get(f"/v2/core/events/{thin['id']}").respond(
+            404, json={"error": {"type": "invalid_request_error", "code": "resource_missing"}}
+        )
+        async with stripe_client() as client:
+            assert (await deliver(client, thin)).json()["status"] == "ignored"
+        recorded = await rows.event(thin["id"])
+        assert (recorded.status, recorded.last_error) == (
+            "ignored",
+            "the thin event names no object",
+        )
+
     async def test_event_generation_failure_resolved_resyncs_the_named_object(
         self, stripe_client: Callable[..., Any], rows: Any, stripe_mock: respx.MockRouter
     ) -> None:

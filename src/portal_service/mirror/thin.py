@@ -286,7 +286,12 @@ class ThinEvents:
         """The object id a thin event leaves out, from its snapshot twin: named in the
         delivery or, failing that, in the event as Stripe's v2 Events API holds it."""
         if twin is None:
-            event = await self._gateway.retrieve_thin_event(received.id, account=received.account)
+            try:
+                event = await self._gateway.retrieve_thin_event(
+                    received.id, account=received.account
+                )
+            except StripeObjectMissing:
+                return None  # older than Stripe's 30 days of events
             twin = snapshot_event_of(event.object)
         if twin is None:
             return None
