@@ -15,7 +15,7 @@ import typer
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from typer.testing import CliRunner
 
-from mirror.stripe_lists import StripeLists
+from mirror.stripe_lists import StripeLists, error
 from mirror.stripe_payloads import (
     customer,
     entitlement_summary,
@@ -242,6 +242,32 @@ class TestReconcile:
         assert len(retrieved) == 2
         assert all(path.startswith("/v1/customers/cus_") for path in retrieved)
         assert not lists.sent("/v1/customers")  # no list in sample mode
+
+    async def test_stripe_rate_limiting_is_waited_out(
+        self,
+        lists: StripeLists,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        gateway: StripeGateway,
+    ) -> None:
+        lists.page_size = 2
+        lists.lists["/v1/customers"] = [customer(f"cus_{n}") for n in range(5)]
+        await synced(sessionmaker, gateway, kinds=["customers"])
+        lists.fail(
+            lambda sent: "starting_after" in sent.query,
+            error(429, **{"Retry-After": "2"}),
+            times=1,
+        )
+        slept: list[float] = []
+
+        async def sleep(seconds: float) -> None:
+            slept.append(seconds)
+
+        reconciler = Reconciler(sessionmaker, gateway, livemode=False, sleep=sleep)
+        report = (await reconciler.run(["customers"], fix=False))["customers"]
+        assert (report.checked, report.drift, slept) == (5, [], [2.0])
+        # Continued after the last object it had, not from the start.
+        resumed = [r.query.get("starting_after") for r in lists.sent("/v1/customers")][-3:]
+        assert resumed == ["cus_1", "cus_1", "cus_3"]
 
     def test_only_names_known_kinds(self) -> None:
         assert parse_kinds(None) == list(RECONCILE_KINDS)

@@ -13,15 +13,17 @@ tombstones it.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast, get_args
 
 from sqlalchemy import Table, not_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from portal_service.errors import StripeUnavailable
 from portal_service.gateway import Fetched, Gateway, ObjectKind, StripeObjectMissing
 from portal_service.gateway.base import ListKind
 from portal_service.mirror import tables
@@ -72,6 +74,7 @@ _NOT_COMPARED = frozenset(
     {"id", "livemode", "account", "raw", "source_ts", "source_event_id", "updated_at"}
 )
 PAGE_SIZE = 100
+RATE_LIMIT_RETRIES = 3
 _CUSTOMERS = table_of(tables.Customer)
 _ENTITLEMENTS = table_of(tables.Entitlement)
 _ITEMS = table_of(tables.SubscriptionItem)
@@ -174,6 +177,8 @@ class Reconciler:
         sample: int | None = None,
         rng: random.Random | None = None,
         on_progress: OnProgress | None = None,
+        rate_limit_retries: int = RATE_LIMIT_RETRIES,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._gateway = gateway
@@ -182,6 +187,8 @@ class Reconciler:
         self._sample = sample
         self._rng = rng or random.Random()  # noqa: S311 - sampling, not secrets
         self._on_progress = on_progress
+        self._rate_limit_retries = rate_limit_retries
+        self._sleep = sleep
         self._items: dict[str, ItemState] = {}
 
     async def run(self, kinds: Sequence[ReconcileKind], *, fix: bool) -> dict[str, KindReport]:
@@ -228,14 +235,34 @@ class Reconciler:
         self, kind: ReconcileKind, *, customer: str | None = None
     ) -> dict[str, Fetched]:
         listed: dict[str, Fetched] = {}
-        params = {**_LIST_PARAMS.get(kind, {}), "limit": PAGE_SIZE}
-        async for page in self._gateway.list_pages(
-            _LIST_KIND[kind], params=params, customer=customer, account=self._account
-        ):
-            for obj in page.objects:
-                listed[obj["id"]] = Fetched(object=obj, fetched_at=page.fetched_at)
-            self._progress(kind, len(page.objects))
-        return listed
+        cursor: str | None = None
+        attempt = 0
+        while True:
+            params = {**_LIST_PARAMS.get(kind, {}), "limit": PAGE_SIZE}
+            if cursor is not None:
+                params["starting_after"] = cursor
+            try:
+                async for page in self._gateway.list_pages(
+                    _LIST_KIND[kind], params=params, customer=customer, account=self._account
+                ):
+                    attempt = 0
+                    for obj in page.objects:
+                        listed[obj["id"]] = Fetched(object=obj, fetched_at=page.fetched_at)
+                    if page.objects:
+                        cursor = page.objects[-1]["id"]
+                    self._progress(kind, len(page.objects))
+                return listed
+            except StripeUnavailable as exc:
+                # Rate-limited mid-list: wait as Stripe asks, go on after the last object.
+                attempt = await self._wait(exc, attempt)
+
+    async def _wait(self, exc: StripeUnavailable, attempt: int) -> int:
+        """Wait out a 429 (its Retry-After) a few times; anything else is raised."""
+        value = (exc.headers or {}).get("Retry-After", "")
+        if not value.strip().isdigit() or attempt >= self._rate_limit_retries:
+            raise exc
+        await self._sleep(float(value))
+        return attempt + 1
 
     def _progress(self, kind: str, count: int) -> None:
         if self._on_progress is not None and count:
@@ -247,15 +274,19 @@ class Reconciler:
         return self._rng.sample(list(ids), self._sample)
 
     async def _retrieve(self, kind: ReconcileKind, object_id: str) -> Fetched | None:
-        try:
-            if kind == "entitlements":
-                return await self._gateway.list_active_entitlements(
-                    object_id, account=self._account
-                )
-            object_kind = cast(ObjectKind, _MIRROR_KIND[kind])
-            return await self._gateway.retrieve(object_kind, object_id, account=self._account)
-        except StripeObjectMissing:
-            return None
+        attempt = 0
+        while True:
+            try:
+                if kind == "entitlements":
+                    return await self._gateway.list_active_entitlements(
+                        object_id, account=self._account
+                    )
+                object_kind = cast(ObjectKind, _MIRROR_KIND[kind])
+                return await self._gateway.retrieve(object_kind, object_id, account=self._account)
+            except StripeObjectMissing:
+                return None
+            except StripeUnavailable as exc:
+                attempt = await self._wait(exc, attempt)
 
     async def compare(self, kind: ReconcileKind) -> KindReport:
         if kind == "entitlements":
