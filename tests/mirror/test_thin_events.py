@@ -4,6 +4,7 @@ SDK's httpx transport) and applied stamped with Stripe's Date (DESIGN.md section
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import Callable
@@ -267,6 +268,27 @@ class TestThinEvents:
         assert replayed.json()["result"] == "processed"
         row = await rows.get(Customer, "cus_1")
         assert (row.email, row.account) == ("back@example.com", "acct_9")
+        assert (await rows.event(event["id"])).status == "processed"
+
+
+class TestConcurrentThinDeliveries:
+    async def test_two_deliveries_at_once_fetch_and_apply_once(
+        self, stripe_client: Callable[..., Any], rows: Any, stripe_mock: respx.MockRouter
+    ) -> None:
+        async def slow(_request: httpx.Request) -> httpx.Response:
+            await asyncio.sleep(0.2)  # the first delivery is still waiting on Stripe
+            return answer(customer(email="once@example.com"))
+
+        route = stripe_mock.get("/v1/customers/cus_1").mock(side_effect=slow)
+        event = thin_event("v1.customer.updated", ("customer", "cus_1"))
+        async with stripe_client() as client:
+            first, second = await asyncio.gather(deliver(client, event), deliver(client, event))
+        answers = sorted(
+            (r.status_code, r.json().get("code") or r.json().get("status")) for r in (first, second)
+        )
+        # The second waits for nothing: it is told to come back (500), and Stripe retries.
+        assert answers == [(200, "processed"), (500, "event_in_progress")]
+        assert route.call_count == 1
         assert (await rows.event(event["id"])).status == "processed"
 
 
