@@ -126,7 +126,8 @@ def _print(reports: dict[str, KindReport], *, fix: bool) -> None:
         lines.append(line)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for line in lines:
-        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        typer.echo("  ".join(cells).rstrip())
     for kind, report in reports.items():
         for drift in report.drift[:MAX_DETAILS]:
             detail = f" ({', '.join(drift.fields)})" if drift.fields else ""
