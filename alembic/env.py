@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
 from portal_service.db import create_engine
+from portal_service.gateway import offline_tables  # noqa: F401  (registers the tables)
 from portal_service.mirror import tables  # noqa: F401  (registers the tables)
 
 config = context.config

@@ -17,6 +17,7 @@ from portal_service.mirror.endpoints_cli import webhook_endpoint_app
 from portal_service.mirror.reconcile_cli import reconcile
 from portal_service.mirror.sync_cli import sync
 from portal_service.portal.config_cli import portal_config_app
+from portal_service.portal.demo import demo_data
 
 if TYPE_CHECKING:
     from portal_service.mirror.replay import ReplaySummary
@@ -70,6 +71,10 @@ def serve(
     import uvicorn
 
     settings = _settings(workers=workers)
+    if settings.offline and settings.environment == "development":
+        from portal_service.portal.demo import start_demo
+
+        start_demo(settings, host=host, port=port)
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Workers are separate processes: aggregate their metrics through shared files.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="portal-metrics-")
@@ -179,6 +184,7 @@ async def _replay(
 
 # Written next to what they drive (mirror/, portal/), registered here.
 app.command()(sync)
+app.command("demo-data")(demo_data)
 app.add_typer(portal_config_app)
 app.command()(reconcile)
 app.add_typer(webhook_endpoint_app)

@@ -16,7 +16,7 @@ from portal_service.config import Settings, get_settings
 from portal_service.db import create_engine, create_sessionmaker, for_reads
 from portal_service.errors import document_problems, install_error_handlers
 from portal_service.gateway import Gateway
-from portal_service.gateway.offline import OfflineGateway
+from portal_service.gateway.offline import OfflineGateway, development_settings
 from portal_service.gateway.stripe import StripeGateway
 from portal_service.mirror.routes import router as mirror_router
 from portal_service.ops.logging import configure_logging
@@ -42,15 +42,19 @@ class PortalApp(FastAPI):
         return self.openapi_schema
 
 
-def build_gateway(settings: Settings) -> Gateway:
+def build_gateway(settings: Settings, app: FastAPI | None = None) -> Gateway:
     if settings.offline:
-        return OfflineGateway()
+        # With `app`, the stand-in delivers its events to that app's own /webhooks.
+        return OfflineGateway(
+            settings.database_url, api_version=settings.stripe_api_version, app=app
+        )
     return StripeGateway(settings)
 
 
 def create_app(settings: Settings | None = None, *, gateway: Gateway | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.check()
+    settings = development_settings(settings)
     configure_logging(level=settings.log_level, fmt=settings.log_format)
 
     @asynccontextmanager
@@ -62,7 +66,7 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
         app.state.read_sessionmaker = create_sessionmaker(for_reads(read_engine))
-        app.state.gateway = gateway or build_gateway(settings)
+        app.state.gateway = gateway or build_gateway(settings, app)
         app.state.jwks = JwksCache(settings.auth_jwks_url) if settings.auth_jwks_url else None
         app.state.portal_config = (
             load_portal_config(settings.portal_config_file) if settings.portal_config_file else None
