@@ -62,6 +62,16 @@ if [[ -z "${TEST_DATABASE_URL:-}" ]]; then
   fi
 fi
 
+# The offline portal's browser test (tests/e2e) drives Debian's chromium through Playwright,
+# which never downloads a browser of its own: install the package when it is missing.
+if [[ -z "${PORTAL_TEST_CHROMIUM:-}" ]] && ! command -v chromium >/dev/null; then
+  SUDO=""
+  if [[ "$(id -u)" != "0" ]]; then SUDO="sudo"; fi
+  echo "test.sh: installing chromium for the browser test"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null \
+    || { echo "test.sh: could not install chromium (the browser test needs it)" >&2; exit 3; }
+fi
+
 case "$TEST_DATABASE_URL" in
   postgresql*) ;;
   *) echo "test.sh: TEST_DATABASE_URL must be a postgresql+asyncpg:// URL" >&2; exit 3 ;;

@@ -553,12 +553,15 @@ class _Renderer:
                     fields=field,
                     inline=True,
                 )
-            controls += self.form(
-                "remove_card",
-                f"<button class='secondary' aria-label='{self.t('remove')}: {escape(label)}'>{self.t('remove')}</button>",
-                fields=field,
-                inline=True,
-            )
+            paying = any(s.get("status") not in sim.ENDED_STATUSES for s in state.subscriptions)
+            # Stripe's portal keeps the default card of a customer who still pays.
+            if method["id"] != default or not paying:
+                controls += self.form(
+                    "remove_card",
+                    f"<button class='secondary' aria-label='{self.t('remove')}: {escape(label)}'>{self.t('remove')}</button>",
+                    fields=field,
+                    inline=True,
+                )
             parts.append(
                 f"<div class='card'><p>{escape(label)} — {self.t('expires', date=exp)}</p>{controls}</div>"
             )
@@ -589,17 +592,14 @@ class _Renderer:
         rows = [
             (self.t("email"), escape(str(customer.get("email") or "—"))),
             (self.t("name"), escape(str(customer.get("name") or "—"))),
-            (
-                escape(translate(self.lang, "address_line1").split(",")[0]),
-                escape(", ".join(str(v) for v in address.values() if v) or "—"),
-            ),
+            (self.t("address"), escape(", ".join(str(v) for v in address.values() if v) or "—")),
         ]
         table = "".join(f"<tr><th scope='row'>{k}</th><td>{v}</td></tr>" for k, v in rows)
         taxes = self.tax_ids(editable=False)
         return (
             f"<section aria-labelledby='cust'><h2 id='cust'>{self.t('customer')}</h2>"
             f"<table>{table}</table>{taxes}"
-            f"<p>{self.link(translate(self.lang, 'update'), view='customer')}</p></section>"
+            f"<p>{self.link(translate(self.lang, 'edit_details'), view='customer')}</p></section>"
         )
 
     def tax_ids(self, *, editable: bool) -> str:
