@@ -192,6 +192,8 @@ class TestOfflinePortalInABrowser:
         page.get_by_role("button", name="Renew subscription").click()
         (sub,) = _me(service, "/me/subscriptions")["data"]
         assert sub["cancel_at_period_end"] is False
+        # The link is a bearer credential: the service never logs it.
+        assert created["url"].rsplit("/", 1)[1] not in service.output.read_text()
 
     def test_a_quantity_change_shows_in_entitlements(self, service: Service, page: Page) -> None:
         (sub,) = _me(service, "/me/subscriptions")["data"]

@@ -61,6 +61,12 @@ class TestDemoDataCommand:
         for signed in (token, second.removeprefix("Authorization: Bearer ")):
             assert jwt.decode(signed, secret, algorithms=["HS256"])["sub"] == "demo-user"
 
+        # `sync` reads "Stripe": in offline mode, the stand-in's objects.
+        synced = _run(tmp_path, "sync")
+        assert synced.returncode == 0, synced.stderr
+        assert "subscriptions: 1 (applied 1)" in synced.stdout + synced.stderr
+        assert "invoices: 2 (applied 2)" in synced.stdout + synced.stderr
+
         reset = _run(tmp_path, "demo-data", "--reset")
         assert reset.returncode == 0
         assert "demo data created" in reset.stdout
