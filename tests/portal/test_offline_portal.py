@@ -153,7 +153,7 @@ class TestPortalActions:
         assert (await subscription(client))["cancel_at_period_end"] is False
 
     async def test_cancel_now_where_the_configuration_cancels_immediately(
-        self, client: httpx.AsyncClient, demo: DemoCustomer
+        self, client: httpx.AsyncClient, demo: DemoCustomer, db: AsyncSession
     ) -> None:
         created = await client.post(
             "/portal-sessions",
@@ -391,6 +391,20 @@ class TestBadInput:
         assert "between 1 and 99" in refused.text
         assert (await subscription(client))["items"][0]["quantity"] == 1
         assert await _event_count(db) == before
+
+    async def test_the_error_page_speaks_the_session_locale(
+        self, client: httpx.AsyncClient, demo: DemoCustomer
+    ) -> None:
+        path = await open_session(client, {"locale": "fr"})
+        refused = await submit(client, path, "update", view="update", quantity="-1")
+        assert refused.status_code == 422
+        assert "<html lang='fr'>" in refused.text
+        assert "Rien n&#x27;a été modifié : la quantité doit être comprise entre 1 et 99." in (
+            refused.text
+        )
+        not_a_number = await submit(client, path, "update", view="update", quantity="two")
+        assert not_a_number.status_code == 422
+        assert "nombre entier" in not_a_number.text
 
     async def test_a_price_not_offered_changes_nothing(
         self, client: httpx.AsyncClient, demo: DemoCustomer, db: AsyncSession

@@ -779,5 +779,5 @@ def _int_field(fields: dict[str, str], name: str) -> int | None:
         return int(raw)
     except ValueError:
         raise sim.ActionRefused(
-            f"invalid_{name}", f"{name} must be a whole number.", status=422
+            f"invalid_{name}_field", f"{name} must be a whole number.", status=422
         ) from None

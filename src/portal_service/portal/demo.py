@@ -333,9 +333,13 @@ def start_demo(settings: Settings, *, host: str, port: int) -> None:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - a display name
     service_url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{port}"
     try:
-        settings, created = asyncio.run(
-            run_demo(settings, service_url=service_url, reset=False, only_if_empty=True)
+        # Quietly: the seeding's webhook lines would bury the request printed below; the
+        # served app configures logging again with LOG_LEVEL.
+        quiet = settings.model_copy(update={"log_level": "WARNING"})
+        seeded, created = asyncio.run(
+            run_demo(quiet, service_url=service_url, reset=False, only_if_empty=True)
         )
+        settings = settings.model_copy(update={"auth_jwt_secret": seeded.auth_jwt_secret})
     except Exception as exc:  # a start-up hint, never a reason not to serve
         typer.echo(
             f"portal-service: no demo data ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "

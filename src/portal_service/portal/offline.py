@@ -26,7 +26,7 @@ from portal_service.gateway.offline import (
     PortalState,
     SessionUnavailable,
 )
-from portal_service.portal.offline_i18n import language, translate
+from portal_service.portal.offline_i18n import has_text, language, translate
 
 router = APIRouter()
 
@@ -185,9 +185,12 @@ async def offline_portal_action(request: Request, token: str) -> Response:
     try:
         await gateway.act(state, action, fields)
     except sim.ActionRefused as exc:
+        # Stripe's own words where the page has them in this language, else the detail.
+        key = f"refused_{exc.reason}"
+        detail = translate(lang, key) if has_text(key) else exc.detail
         return _error_page(
             lang,
-            translate(lang, "error_action", detail=exc.detail),
+            translate(lang, "error_action", detail=detail),
             status=exc.status,
             back=request.url.path,
         )

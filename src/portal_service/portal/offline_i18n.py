@@ -96,6 +96,18 @@ _EN: dict[str, str] = {
     "Reload the page to see the current state.",
     "error_invalid_form": "The form was incomplete, so nothing was changed.",
     "error_action": "Nothing was changed: {detail}",
+    "refused_invalid_quantity": "the quantity must be between 1 and 99.",
+    "refused_price_not_offered": "this price is not offered.",
+    "refused_card_declined": "offline mode accepts only Stripe's test card numbers, such as "
+    "4242 4242 4242 4242.",
+    "refused_invalid_expiry": "the expiry date is not valid.",
+    "refused_nothing_changed": "nothing was different.",
+    "refused_default_card_in_use": "the default card pays for an active subscription: add or "
+    "choose another first.",
+    "refused_invalid_email": "the email address is not valid.",
+    "refused_invalid_tax_id": "the tax id is not valid for its type.",
+    "refused_invalid_country": "the country must be a two-letter code.",
+    "refused_invalid_quantity_field": "the quantity must be a whole number.",
     "back_to_portal": "Back to the portal",
     "returned_title": "Back in the app",
     "returned_body": "You came back from the offline billing portal. This page stands in "
@@ -191,6 +203,18 @@ _FR: dict[str, str] = {
     "fois. Rechargez la page pour voir l'état actuel.",
     "error_invalid_form": "Le formulaire était incomplet : rien n'a été modifié.",
     "error_action": "Rien n'a été modifié : {detail}",
+    "refused_invalid_quantity": "la quantité doit être comprise entre 1 et 99.",
+    "refused_price_not_offered": "ce tarif n'est pas proposé.",
+    "refused_card_declined": "le mode hors ligne n'accepte que les numéros de carte de test "
+    "de Stripe, comme 4242 4242 4242 4242.",
+    "refused_invalid_expiry": "la date d'expiration n'est pas valide.",
+    "refused_nothing_changed": "rien n'était différent.",
+    "refused_default_card_in_use": "la carte par défaut paie un abonnement actif : ajoutez "
+    "ou choisissez-en une autre d'abord.",
+    "refused_invalid_email": "l'adresse e-mail n'est pas valide.",
+    "refused_invalid_tax_id": "le numéro fiscal n'est pas valide pour son type.",
+    "refused_invalid_country": "le pays doit être un code de deux lettres.",
+    "refused_invalid_quantity_field": "la quantité doit être un nombre entier.",
     "back_to_portal": "Retour au portail",
     "returned_title": "De retour dans l'application",
     "returned_body": "Vous revenez du portail de facturation hors ligne. Cette page tient "
@@ -286,6 +310,18 @@ _DE: dict[str, str] = {
     "geändert. Laden Sie die Seite neu, um den aktuellen Stand zu sehen.",
     "error_invalid_form": "Das Formular war unvollständig, daher wurde nichts geändert.",
     "error_action": "Nichts wurde geändert: {detail}",
+    "refused_invalid_quantity": "die Menge muss zwischen 1 und 99 liegen.",
+    "refused_price_not_offered": "dieser Preis wird nicht angeboten.",
+    "refused_card_declined": "der Offline-Modus akzeptiert nur Stripe-Testkartennummern wie "
+    "4242 4242 4242 4242.",
+    "refused_invalid_expiry": "das Ablaufdatum ist ungültig.",
+    "refused_nothing_changed": "nichts war anders.",
+    "refused_default_card_in_use": "die Standardkarte bezahlt ein aktives Abonnement: fügen "
+    "Sie zuerst eine andere hinzu oder wählen Sie eine andere.",
+    "refused_invalid_email": "die E-Mail-Adresse ist ungültig.",
+    "refused_invalid_tax_id": "die Steuernummer ist für ihre Art ungültig.",
+    "refused_invalid_country": "das Land muss ein Code aus zwei Buchstaben sein.",
+    "refused_invalid_quantity_field": "die Menge muss eine ganze Zahl sein.",
     "back_to_portal": "Zurück zum Portal",
     "returned_title": "Zurück in der App",
     "returned_body": "Sie kommen aus dem Offline-Abrechnungsportal zurück. Diese Seite "
@@ -305,6 +341,10 @@ def language(locale: str | None, fallbacks: Iterable[str] = ()) -> str:
         if base in _CATALOGUES:
             return base
     return "en"
+
+
+def has_text(key: str) -> bool:
+    return key in _EN
 
 
 def translate(lang: str, key: str, **values: str) -> str:
