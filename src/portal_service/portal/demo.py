@@ -94,8 +94,9 @@ class DemoCustomer:
 async def seed(app: FastAPI, *, service_url: str, reset: bool = False) -> DemoCustomer | None:
     """Create the demo objects and deliver their events (the app's lifespan must run).
     None when the demo user already has a customer and `reset` is off."""
-    gateway: OfflineGateway = app.state.gateway
-    settings: Settings = app.state.settings
+    gateway = app.state.gateway
+    if not isinstance(gateway, OfflineGateway):
+        raise DemoUnavailable("demo data needs offline mode: unset STRIPE_API_KEY")
     async with app.state.sessionmaker() as session:
         current = await linked_customer(session, app_user_id=DEMO_USER, livemode=False)
     if current is not None and not reset:
@@ -196,7 +197,6 @@ async def seed(app: FastAPI, *, service_url: str, reset: bool = False) -> DemoCu
             session, gateway, app_user_id=DEMO_USER, customer_id=customer["id"], livemode=False
         )
         await session.commit()
-    del settings
     return DemoCustomer(customer_id=customer["id"], subscription_id=subscription["id"])
 
 
