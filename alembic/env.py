@@ -13,6 +13,7 @@ from sqlmodel import SQLModel
 from portal_service.db import create_engine
 from portal_service.gateway import offline_tables  # noqa: F401  (registers the tables)
 from portal_service.mirror import tables  # noqa: F401  (registers the tables)
+from portal_service.notify import tables as notify_tables  # noqa: F401
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):

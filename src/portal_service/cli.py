@@ -158,15 +158,15 @@ async def _replay(
 ) -> ReplaySummary:
     from rich.progress import Progress
 
-    from portal_service.db import create_engine, create_sessionmaker
-    from portal_service.main import build_gateway
+    from portal_service.db import create_engine
+    from portal_service.main import build_gateway, build_sessionmaker
     from portal_service.mirror.intake import EventProcessor
     from portal_service.mirror.replay import events_to_replay, replay_events
 
     engine = create_engine(settings.database_url)
     gateway = build_gateway(settings)
     try:
-        sessionmaker = create_sessionmaker(engine)
+        sessionmaker = build_sessionmaker(engine, settings)
         if not event_ids:
             event_ids = await events_to_replay(sessionmaker, status=status, limit=limit)
         elif limit is not None:

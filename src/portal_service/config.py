@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from functools import cached_property, lru_cache
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import stripe
 from fastapi import Depends, Request
@@ -77,6 +79,12 @@ class Settings(BaseSettings):
     rate_limit_portal_sessions: str = "10/minute"
     webhook_max_body_bytes: int = Field(default=1_048_576, ge=1024)
 
+    # Outbound access.changed notifications (DESIGN.md section 11): off without NOTIFY_URL.
+    notify_url: str | None = None
+    notify_secret: SecretStr | None = None
+    notify_coalesce_seconds: float = Field(default=1.0, ge=0, le=3600)
+    notify_timeout: float = Field(default=10.0, gt=0, le=120)
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 
@@ -114,6 +122,8 @@ class Settings(BaseSettings):
         "portal_config_file",
         "auth_jwt_audience",
         "auth_jwt_issuer",
+        "notify_url",
+        "notify_secret",
         mode="before",
     )
     @classmethod
@@ -176,6 +186,7 @@ class Settings(BaseSettings):
                 load_portal_config(self.portal_config_file)
             except PortalConfigError as exc:
                 raise ConfigError(str(exc)) from None
+        self._check_notify()
         if self.environment != "production":
             return
         if self.is_sqlite:
@@ -189,6 +200,26 @@ class Settings(BaseSettings):
             )
         if self.offline:
             raise ConfigError("production needs STRIPE_API_KEY: offline mode is for development")
+        if self.notify_url is not None and not self.notify_url.lower().startswith("https://"):
+            raise ConfigError("production needs an https:// NOTIFY_URL")
+
+    def _check_notify(self) -> None:
+        if self.notify_url is None:
+            return
+        if self.notify_secret is None:
+            raise ConfigError("NOTIFY_URL needs NOTIFY_SECRET: notifications are always signed")
+        parsed = urlsplit(self.notify_url)
+        if parsed.scheme.lower() not in ("http", "https") or not parsed.hostname:
+            raise ConfigError("NOTIFY_URL must be an absolute http:// or https:// URL")
+        secret = self.notify_secret.get_secret_value()
+        try:
+            valid = secret.startswith("whsec_") and bool(
+                base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+            )
+        except ValueError:
+            valid = False
+        if not valid:
+            raise ConfigError("NOTIFY_SECRET must be a Standard Webhooks secret: whsec_<base64>")
 
 
 @lru_cache

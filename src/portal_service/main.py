@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp
 
 from portal_service import __version__
@@ -19,6 +20,9 @@ from portal_service.gateway import Gateway
 from portal_service.gateway.offline import OfflineGateway, development_settings
 from portal_service.gateway.stripe import StripeGateway
 from portal_service.mirror.routes import router as mirror_router
+from portal_service.notify.outbox import outbox_sessionmaker
+from portal_service.notify.routes import router as notify_router
+from portal_service.notify.service import Notifier
 from portal_service.ops.logging import configure_logging
 from portal_service.ops.middleware import ProblemCORSMiddleware, RequestContextMiddleware
 from portal_service.ops.routes import router as ops_router
@@ -51,6 +55,12 @@ def build_gateway(settings: Settings, app: FastAPI | None = None) -> Gateway:
     return StripeGateway(settings)
 
 
+def build_sessionmaker(engine: AsyncEngine, settings: Settings) -> async_sessionmaker[AsyncSession]:
+    """The read-write sessionmaker of the app and of the CLI commands that apply objects:
+    with NOTIFY_URL, its sessions write the access.changed outbox."""
+    return outbox_sessionmaker(engine, settings)
+
+
 def create_app(settings: Settings | None = None, *, gateway: Gateway | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.check()
@@ -64,16 +74,22 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
             create_engine(settings.database_read_url) if settings.database_read_url else engine
         )
         app.state.engine = engine
-        app.state.sessionmaker = create_sessionmaker(engine)
+        # With NOTIFY_URL, every read-write session writes the access.changed outbox.
+        app.state.sessionmaker = build_sessionmaker(engine, settings)
         app.state.read_sessionmaker = create_sessionmaker(for_reads(read_engine))
         app.state.gateway = gateway or build_gateway(settings, app)
         app.state.jwks = JwksCache(settings.auth_jwks_url) if settings.auth_jwks_url else None
         app.state.portal_config = (
             load_portal_config(settings.portal_config_file) if settings.portal_config_file else None
         )
+        notifier = Notifier(app.state.sessionmaker, settings) if settings.notify_url else None
+        if notifier is not None:
+            notifier.start()
         try:
             yield
         finally:
+            if notifier is not None:
+                await notifier.stop()
             await app.state.gateway.aclose()
             if read_engine is not engine:
                 await read_engine.dispose()
@@ -106,4 +122,5 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
     app.include_router(portal_router)
     app.include_router(access_router)
     app.include_router(mirror_router)
+    app.include_router(notify_router)
     return app

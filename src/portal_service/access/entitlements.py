@@ -104,3 +104,16 @@ def none_match_hits(if_none_match: str | None, etag: str) -> bool:
         if f'"{match.group(1)}"' == opaque:
             return True
         position = match.end()
+
+
+def entitlements_answer(
+    customer_id: str, customer: CustomerAccess | None, *, policy: AccessPolicy, now: datetime
+) -> dict[str, Any]:
+    """The answer as JSON without `evaluated_at`: what changes exactly when the ETag does.
+    A customer no longer live (deleted, or not mirrored yet) has the empty answer, under its
+    own id, so a notification still says whose access ended."""
+    if customer is None:
+        return {"customer_id": customer_id, "has_access": False, "products": [], "features": []}
+    content = entitlements_content(evaluate_entitlements(customer, policy=policy, now=now))
+    content.pop("evaluated_at", None)
+    return content

@@ -302,6 +302,21 @@ def _customer_access_statement(key: Literal["app_user_id", "customer_id"]) -> Co
     return union_all(subscription_rows, feature_rows)
 
 
+def customer_access_query(
+    *, livemode: bool, app_user_id: str | None = None, customer_id: str | None = None
+) -> tuple[CompoundSelect[Any], dict[str, Any]]:
+    """The statement and parameters of `customer_access`, for callers that run it on a
+    synchronous connection (the notification outbox, at commit); rows go to
+    `customer_access_from_rows`."""
+    if app_user_id is not None and customer_id is None:
+        statement, key = _customer_access_statement("app_user_id"), app_user_id
+    elif customer_id is not None and app_user_id is None:
+        statement, key = _customer_access_statement("customer_id"), customer_id
+    else:
+        raise ValueError("customer_access needs exactly one of app_user_id and customer_id")
+    return statement, {"key": key, "livemode": livemode}
+
+
 async def customer_access(
     session: AsyncSession,
     *,
@@ -317,15 +332,17 @@ async def customer_access(
     subscriptions, their live items and each one's oldest unpaid invoice; then, in a
     second branch of a UNION ALL, its features. Every branch is an indexed lookup.
     """
-    if app_user_id is not None and customer_id is None:
-        statement, key = _customer_access_statement("app_user_id"), app_user_id
-    elif customer_id is not None and app_user_id is None:
-        statement, key = _customer_access_statement("customer_id"), customer_id
-    else:
-        raise ValueError("customer_access needs exactly one of app_user_id and customer_id")
-    rows: Sequence[Row[*tuple[Any, ...]]] = (
-        await session.execute(statement, {"key": key, "livemode": livemode})
-    ).all()
+    statement, parameters = customer_access_query(
+        livemode=livemode, app_user_id=app_user_id, customer_id=customer_id
+    )
+    rows: Sequence[Row[*tuple[Any, ...]]] = (await session.execute(statement, parameters)).all()
+    return customer_access_from_rows(rows, livemode=livemode)
+
+
+def customer_access_from_rows(
+    rows: Sequence[Row[*tuple[Any, ...]]], *, livemode: bool
+) -> CustomerAccess | None:
+    """The rows of `customer_access_query` as facts; None when no live customer matched."""
     # A live customer always has its row in the first branch (an outer join keeps it).
     found = next((row.customer_id for row in rows if row.lookup_key is None), None)
     if found is None:

@@ -27,6 +27,7 @@ from portal_service.gateway import Fetched
 from portal_service.mirror import stripe_models as sm
 from portal_service.mirror import tables
 from portal_service.mirror.locks import lock_object
+from portal_service.mirror.observers import observer_of
 from portal_service.mirror.stripe_models import redact_session_urls
 
 MirrorKind = Literal[
@@ -586,6 +587,18 @@ async def apply_object(
     if outcome is Outcome.APPLIED and _cut_short(kind, incoming, source):
         return Outcome.REFETCH
     if outcome is Outcome.APPLIED:
+        # Issue 12: the outbox of access.changed, when one is installed (observers.py).
+        observer = observer_of(session)
+        if observer is not None:
+            await observer.before_write(
+                session,
+                kind=kind,
+                object_id=object_id,
+                account=source.account,
+                livemode=source.livemode,
+                before=row.raw if row is not None and isinstance(row.raw, dict) else None,
+                after=incoming.raw,
+            )
         await _write(session, kind, object_id, incoming, source, row=row)
     return outcome
 

@@ -151,8 +151,8 @@ async def sync_objects(
 ) -> Counter[tuple[str, str]]:
     from rich.progress import Progress, TaskID
 
-    from portal_service.db import create_engine, create_sessionmaker
-    from portal_service.main import build_gateway
+    from portal_service.db import create_engine
+    from portal_service.main import build_gateway, build_sessionmaker
     from portal_service.mirror.sync import run_sync
 
     engine = create_engine(settings.database_url)
@@ -161,7 +161,7 @@ async def sync_objects(
         with Progress(transient=False) as progress:
             tasks: dict[str, TaskID] = {kind: progress.add_task(kind, total=None) for kind in kinds}
             return await run_sync(
-                create_sessionmaker(engine),
+                build_sessionmaker(engine, settings),
                 gateway,
                 livemode=settings.livemode,
                 kinds=kinds,
@@ -180,15 +180,15 @@ async def sync_objects(
 async def sync_events(settings: Settings, *, account: str = "") -> Counter[str]:
     from rich.progress import Progress
 
-    from portal_service.db import create_engine, create_sessionmaker
-    from portal_service.main import build_gateway
+    from portal_service.db import create_engine
+    from portal_service.main import build_gateway, build_sessionmaker
     from portal_service.mirror.intake import EventProcessor
     from portal_service.mirror.sync import Syncer
 
     engine = create_engine(settings.database_url)
     gateway = build_gateway(settings)
     try:
-        sessionmaker = create_sessionmaker(engine)
+        sessionmaker = build_sessionmaker(engine, settings)
         processor = EventProcessor.for_settings(sessionmaker, gateway, settings)
         with Progress(transient=False) as progress:
             task = progress.add_task("events", total=None)

@@ -58,6 +58,24 @@ WEBHOOK_OLDEST_PENDING_SECONDS = Gauge(
     multiprocess_mode="mostrecent",
 )
 
+NOTIFICATIONS = Counter(
+    "portal_notifications",
+    "Outbound access.changed delivery attempts by result (delivered, failed, parked).",
+    ["result"],
+)
+for _result in ("delivered", "failed", "parked"):
+    NOTIFICATIONS.labels(result=_result)  # present at 0 before the first delivery
+NOTIFICATIONS_OLDEST_UNDELIVERED_SECONDS = Gauge(
+    "portal_notifications_oldest_undelivered_seconds",
+    "Age of the oldest access.changed notification not delivered yet (pending).",
+    multiprocess_mode="mostrecent",
+)
+NOTIFICATIONS_PARKED = Gauge(
+    "portal_notifications_parked",
+    "Notifications given up on after three days of failures (replay them).",
+    multiprocess_mode="mostrecent",
+)
+
 
 def render_metrics() -> tuple[bytes, str]:
     if os.environ.get(MULTIPROC_ENV):

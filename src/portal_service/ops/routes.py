@@ -16,6 +16,7 @@ from portal_service.db import create_sessionmaker, for_reads, utcnow
 from portal_service.migrations import schema_state
 from portal_service.mirror.intake import awaiting_retry
 from portal_service.mirror.tables import StripeEvent
+from portal_service.notify.admin import refresh_notification_gauges
 from portal_service.ops.logging import get_logger
 from portal_service.ops.metrics import (
     WEBHOOK_FAILED_EVENTS,
@@ -84,6 +85,8 @@ async def _refresh_event_gauges(request: Request) -> None:
                 col(StripeEvent.status).in_(("failed", "pending"))
             )
         )
+        if request.app.state.settings.notify_url is not None:
+            await refresh_notification_gauges(session)
     WEBHOOK_FAILED_EVENTS.set(failed or 0)
     WEBHOOK_OLDEST_PENDING_SECONDS.set(
         max(0.0, (utcnow() - oldest).total_seconds()) if oldest is not None else 0.0

@@ -1,0 +1,1 @@
+"""Outbound access.changed notifications: outbox, delivery loop, access_until scheduler."""
