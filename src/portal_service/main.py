@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
             load_portal_config(settings.portal_config_file) if settings.portal_config_file else None
         )
         notifier = Notifier(app.state.sessionmaker, settings) if settings.notify_url else None
+        app.state.notifier = notifier
         if notifier is not None:
             notifier.start()
         try:

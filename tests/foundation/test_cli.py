@@ -53,6 +53,25 @@ REFUSALS: dict[str, tuple[dict[str, str], list[str], str]] = {
         [],
         "production needs STRIPE_API_KEY",
     ),
+    "notify-url-without-secret": (
+        {"NOTIFY_URL": "https://app.example.com/hooks"},
+        [],
+        "NOTIFY_URL needs NOTIFY_SECRET",
+    ),
+    "notify-secret-not-standard-webhooks": (
+        {"NOTIFY_URL": "https://app.example.com/hooks", "NOTIFY_SECRET": "not-a-whsec"},
+        [],
+        "NOTIFY_SECRET must be a Standard Webhooks secret",
+    ),
+    "production-notify-over-http": (
+        {
+            **PRODUCTION,
+            "NOTIFY_URL": "http://app.example.com/hooks",
+            "NOTIFY_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        },
+        [],
+        "production needs an https:// NOTIFY_URL",
+    ),
     "jwt-secret-and-jwks": (
         {"AUTH_JWT_SECRET": "secret", "AUTH_JWKS_URL": "https://idp.example.com/jwks.json"},
         [],

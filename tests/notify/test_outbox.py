@@ -4,7 +4,6 @@ real receiver on 127.0.0.1 that verifies each signature with the standardwebhook
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -262,8 +261,3 @@ class TestAdminRoutes:
         ]
         assert float(gauge.split()[1]) > 0
         assert receiver.ids() == []
-
-
-def test_window_default_is_one_second(settings_factory: Callable[..., Any]) -> None:
-    assert settings_factory().notify_coalesce_seconds == 1
-    assert timedelta(seconds=settings_factory().notify_timeout) == timedelta(seconds=10)

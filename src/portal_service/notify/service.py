@@ -66,6 +66,8 @@ class Notifier:
 
     async def stop(self) -> None:
         self._stop.set()
+        if not self._tasks:
+            return
         _done, pending = await asyncio.wait(self._tasks, timeout=_STOP_GRACE_SECONDS)
         for task in pending:
             task.cancel()
