@@ -7,7 +7,11 @@ from typing import Any
 
 import pytest
 
-from mirror.conftest import refuse_subscription_status  # noqa: F401  (a real fault in an apply)
+from mirror.conftest import (  # noqa: F401  (fixtures: a real fault in an apply, a faked Stripe)
+    refuse_subscription_status,
+    stripe_client,
+    stripe_mock,
+)
 from notify.receiver import NOTIFY_SECRET, Receiver, receiving
 
 

@@ -261,3 +261,31 @@ class TestAdminRoutes:
         ]
         assert float(gauge.split()[1]) > 0
         assert receiver.ids() == []
+
+
+class TestOtherWriters:
+    async def test_a_resync_that_grants_access_notifies(
+        self,
+        stripe_client: Callable[..., Any],
+        stripe_mock: Any,
+        notify_settings: Callable[..., dict[str, Any]],
+        engine: AsyncEngine,
+    ) -> None:
+        from mirror.stripe_lists import StripeLists
+
+        lists = StripeLists(stripe_mock, date=T0 + 10)
+        lists.lists["/v1/customers"] = [customer()]
+        lists.lists["/v1/subscriptions"] = [subscription()]
+        lists.lists["/v1/invoices"] = []
+        lists.lists["/v1/customers/cus_1/payment_methods"] = []
+        lists.lists["/v1/customers/cus_1/tax_ids"] = []
+        lists.lists["/v1/entitlements/active_entitlements"] = [
+            {**e, "customer": "cus_1"}
+            for e in entitlement_summary("cus_1", "pro")["entitlements"]["data"]
+        ]
+        # respx holds every httpx request in this test: the row is checked, not a delivery.
+        async with stripe_client(**notify_settings(notify_coalesce_seconds=60)) as client:
+            resynced = await client.post("/admin/customers/cus_1/resync", headers=admin_headers())
+            assert resynced.status_code == 200, resynced.text
+        (row,) = await notifications(engine)
+        assert (row.current["has_access"], row.current["features"]) == (True, ["pro"])
