@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -54,6 +55,7 @@ async def drain(loop: DeliveryLoop, *, rounds: int = 40) -> None:
         await asyncio.sleep(0.06)
 
 
+@pytest.mark.sqlite
 class TestDeliveryLoop:
     async def test_a_failing_receiver_is_retried_until_it_succeeds(
         self,
@@ -145,6 +147,7 @@ class TestDeliveryLoop:
         assert {row.status for row in await notifications(engine)} == {"delivered"}
 
 
+@pytest.mark.sqlite
 class TestAccessUntilScheduler:
     async def test_an_access_until_passing_notifies_once_with_no_event(
         self,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mirror.stripe_payloads import customer, entitlement_summary, subscription
@@ -21,6 +22,7 @@ def no_access(cus_id: str) -> dict[str, Any]:
     return {"customer_id": cus_id, "has_access": False, "products": [], "features": []}
 
 
+@pytest.mark.sqlite
 class TestAccessChanged:
     async def test_a_revoking_webhook_notifies_once_after_the_earlier_notification(
         self,
@@ -147,6 +149,7 @@ class TestAccessChanged:
         assert changed_at.endswith("Z")
 
 
+@pytest.mark.sqlite
 class TestCoalescing:
     async def test_changes_inside_the_window_become_one_notification(
         self,
@@ -192,6 +195,7 @@ class TestCoalescing:
         assert [r.seq for r in await notifications(engine)] == [1, 2]
 
 
+@pytest.mark.sqlite
 class TestAdminRoutes:
     async def test_list_by_status_with_cursor_and_replay(
         self,
@@ -263,6 +267,7 @@ class TestAdminRoutes:
         assert receiver.ids() == []
 
 
+@pytest.mark.sqlite
 class TestOtherWriters:
     async def test_a_resync_that_grants_access_notifies(
         self,

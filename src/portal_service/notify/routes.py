@@ -37,7 +37,7 @@ async def admin_list_notifications(
 
 
 @router.post(
-    "/admin/notifications/{notification_id}/replay",
+    "/admin/notifications/{id}/replay",
     summary="Deliver one notification again",
     description=(
         "Queues the notification for delivery now, whatever its status, with three more "
@@ -48,6 +48,7 @@ async def admin_list_notifications(
 async def admin_replay_notification(
     _caller: AdminCaller,
     session: DbSession,
-    notification_id: Annotated[str, Path(max_length=64)],
+    # `{id}` in the path, as DESIGN.md section 11 names it.
+    notification_id: Annotated[str, Path(alias="id", max_length=64)],
 ) -> NotificationOut:
     return await replay_notification(session, notification_id)
