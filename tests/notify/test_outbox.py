@@ -294,3 +294,28 @@ class TestOtherWriters:
             assert resynced.status_code == 200, resynced.text
         (row,) = await notifications(engine)
         assert (row.current["has_access"], row.current["features"]) == (True, ["pro"])
+
+
+@pytest.mark.sqlite
+class TestShutdown:
+    async def test_shutdown_lets_the_delivery_in_flight_finish(
+        self,
+        client_factory: Callable[..., Any],
+        notify_settings: Callable[..., dict[str, Any]],
+        receiver: Receiver,
+        engine: AsyncEngine,
+    ) -> None:
+        import asyncio
+
+        receiver.script = ["hang"]
+        receiver.hang_seconds = 1.0
+        async with client_factory(**notify_settings()) as client:
+            await deliver(client, customer_created("cus_1"))
+            await deliver(client, subscribed("cus_1", "sub_1", created=T0 + 1))
+            for _ in range(100):  # until the receiver holds the request
+                if receiver.attempts:
+                    break
+                await asyncio.sleep(0.02)
+        # The lifespan ended while the request was in flight: it was answered and recorded.
+        (row,) = await notifications(engine)
+        assert (row.status, row.attempts) == ("delivered", 1)
