@@ -5,6 +5,7 @@ arrive in order, and every change is told."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -72,6 +73,16 @@ async def serving(env: dict[str, str], tmp_path: Path, count: int) -> AsyncItera
                 await process.wait()
 
 
+def logged_deliveries(folder: Path) -> list[str]:
+    """Ids of the notifications the service processes logged as delivered."""
+    return [
+        json.loads(line)["notification_id"]
+        for log in folder.glob("serve-*.log")
+        for line in log.read_text().splitlines()
+        if '"notification_delivery"' in line and '"result": "delivered"' in line
+    ]
+
+
 @pytest.mark.slow
 class TestTwoProcesses:
     async def test_two_processes_never_deliver_one_notification_twice(
@@ -91,6 +102,7 @@ class TestTwoProcesses:
             "NOTIFY_URL": receiver.url,
             "NOTIFY_SECRET": NOTIFY_SECRET,
             "NOTIFY_COALESCE_SECONDS": "0",
+            "LOG_LEVEL": "INFO",
         }
         async with serving(env, tmp_path, 2) as urls:
             # Every event to both processes, in a shuffled order, concurrently.
@@ -123,3 +135,5 @@ class TestTwoProcesses:
             else:
                 assert [r.current["has_access"] for r in last] == [True]
         assert len(rows) >= customers // 2
+        # The senders' side agrees: each notification logged as delivered once, by one of them.
+        assert sorted(logged_deliveries(tmp_path)) == sorted(received)
