@@ -63,7 +63,7 @@ class AccessUntilScheduler:
         sessionmaker: async_sessionmaker[AsyncSession],
         config: OutboxConfig,
         *,
-        interval: float = 10.0,
+        interval: float = 5.0,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._config = config

@@ -28,7 +28,7 @@ class Notifier:
         settings: Settings,
         *,
         poll_interval: float = 1.0,
-        scheduler_interval: float = 10.0,
+        scheduler_interval: float = 5.0,
         backoff: Backoff | None = None,
     ) -> None:
         # Settings.check refuses NOTIFY_URL without NOTIFY_SECRET.
