@@ -179,8 +179,15 @@ class DeliveryLoop:
     async def deliver_due(self) -> int:
         """Claim what is due now and deliver it; returns how many were claimed."""
         claimed = await self._claim(utcnow())
-        if claimed:
-            await asyncio.gather(*(self._deliver(item) for item in claimed))
+        outcomes = await asyncio.gather(
+            *(self._deliver(item) for item in claimed), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                # Its outcome was not recorded: the claim's lease runs out, and it is sent again.
+                log.warning("notify_record_error", error=type(outcome).__name__)
+            elif isinstance(outcome, BaseException):
+                raise outcome
         return len(claimed)
 
     async def _claim(self, now: datetime) -> Sequence[_Claimed]:
@@ -224,9 +231,10 @@ class DeliveryLoop:
         except httpx.HTTPError as exc:
             # The class only: an exception's text may carry the URL, which is a secret.
             error = type(exc).__name__
-        await self._record(item, error, body=item.body)
+        await self._record(item, error)
 
-    async def _record(self, item: _Claimed, error: str | None, *, body: dict[str, Any]) -> None:
+    async def _record(self, item: _Claimed, error: str | None) -> None:
+        body = item.body
         now = utcnow()
         values: dict[str, Any]
         if error is None:
