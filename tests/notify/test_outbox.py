@@ -319,3 +319,29 @@ class TestShutdown:
         # The lifespan ended while the request was in flight: it was answered and recorded.
         (row,) = await notifications(engine)
         assert (row.status, row.attempts) == ("delivered", 1)
+
+
+class TestConcurrentChanges:
+    async def test_the_last_notification_is_the_final_answer_under_concurrent_writes(
+        self,
+        client_factory: Callable[..., Any],
+        notify_settings: Callable[..., dict[str, Any]],
+        engine: AsyncEngine,
+    ) -> None:
+        import asyncio
+
+        async with client_factory(**notify_settings()) as client:
+            await deliver(client, customer_created("cus_1"))
+            # Eight subscriptions of one customer, each its own object lock, all at once.
+            grants = [subscribed("cus_1", f"sub_{n}", created=T0 + 1) for n in range(8)]
+            answers = await asyncio.gather(*(deliver(client, event) for event in grants))
+            assert {a.json()["status"] for a in answers} == {"processed"}
+            final = (
+                await client.get("/customers/cus_1/entitlements", headers=admin_headers())
+            ).json()
+        final.pop("evaluated_at")
+        rows = await notifications(engine)
+        assert len(final["products"]) == 8
+        assert rows[-1].current == final
+        # Each row moves on from the one before it: no change was lost in between.
+        assert [r.since for r in rows[1:]] == [r.current for r in rows[:-1]]
