@@ -220,3 +220,43 @@ class TestAccessUntilScheduler:
         granted, ended = receiver.bodies()
         assert granted["current"]["products"][0]["access_until"] is not None
         assert (ended["current"]["has_access"], ended["previous"]) == (False, granted["current"])
+
+
+def readme_receiver() -> str:
+    """The receiver example of the README's notifications section."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Being told when access changes", 1)[1].split("###", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    return str(code)
+
+
+class TestReadmeReceiver:
+    async def test_the_readme_receiver_accepts_a_real_delivery(
+        self,
+        engine: AsyncEngine,
+        notify_settings: Callable[..., dict[str, Any]],
+        settings_factory: Callable[..., Any],
+    ) -> None:
+        import httpx
+
+        code = readme_receiver()
+        told: list[tuple[Any, ...]] = []
+        namespace: dict[str, Any] = {"grant_or_revoke": lambda *args: told.append(args)}
+        exec(code.replace('"whsec_..."', repr(NOTIFY_SECRET)), namespace)  # noqa: S102  # our own README
+        sessionmaker = outbox_sessionmaker(engine, settings_factory(**notify_settings()))
+        await apply(sessionmaker, "customer", customer("cus_1"))
+        await apply(sessionmaker, "subscription", subscription(customer="cus_1"))
+        loop = DeliveryLoop(
+            create_sessionmaker(engine),
+            url="http://receiver.test/hooks/portal",
+            secret=NOTIFY_SECRET,
+            timeout=2,
+            transport=httpx.ASGITransport(app=namespace["app"]),
+        )
+        await loop.deliver_due()
+        (row,) = await notifications(engine)
+        assert row.status == "delivered"
+        assert told == [(None, True, row.current)]
