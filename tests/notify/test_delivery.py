@@ -260,3 +260,54 @@ class TestReadmeReceiver:
         (row,) = await notifications(engine)
         assert row.status == "delivered"
         assert told == [(None, True, row.current)]
+
+
+@pytest.mark.sqlite
+class TestPastDueGrace:
+    async def test_a_grace_running_out_notifies_with_no_event(
+        self,
+        engine: AsyncEngine,
+        notify_settings: Callable[..., dict[str, Any]],
+        settings_factory: Callable[..., Any],
+    ) -> None:
+        settings = settings_factory(**notify_settings(), access_past_due_grace_days=3)
+        sessionmaker = outbox_sessionmaker(engine, settings)
+        config = OutboxConfig(policy=policy_of(settings), coalesce=timedelta(0))
+        scheduler = AccessUntilScheduler(create_sessionmaker(engine), config)
+        start = utcnow()
+        await scheduler.tick(start)
+        # past_due since a period that began 3 days less 5 minutes ago: 5 minutes of grace left.
+        began = int((start - timedelta(days=3) + timedelta(minutes=5)).timestamp())
+        items = [item("si_late", subscription_id="sub_late", period_start=began)]
+        late = stripe_subscription(
+            "sub_late", customer="cus_1", status="past_due", items=items, period_start=began
+        )
+        await apply(sessionmaker, "customer", customer("cus_1"))
+        await apply(sessionmaker, "subscription", late)
+        assert await scheduler.tick(start + timedelta(minutes=4)) == 0
+        assert await scheduler.tick(start + timedelta(minutes=6)) == 1
+        rows = await notifications(engine)
+        assert [r.current["has_access"] for r in rows] == [True, False]
+
+    async def test_the_grace_runs_from_the_oldest_unpaid_invoice(
+        self,
+        engine: AsyncEngine,
+        notify_settings: Callable[..., dict[str, Any]],
+        settings_factory: Callable[..., Any],
+    ) -> None:
+        from mirror.stripe_payloads import invoice
+
+        settings = settings_factory(**notify_settings(), access_past_due_grace_days=3)
+        sessionmaker = outbox_sessionmaker(engine, settings)
+        config = OutboxConfig(policy=policy_of(settings), coalesce=timedelta(0))
+        scheduler = AccessUntilScheduler(create_sessionmaker(engine), config)
+        start = utcnow()
+        await scheduler.tick(start)
+        # The period began long ago; the unpaid invoice 3 days less 5 minutes ago.
+        billed = int((start - timedelta(days=3) + timedelta(minutes=5)).timestamp())
+        await apply(sessionmaker, "customer", customer("cus_1"))
+        await apply(sessionmaker, "invoice", invoice("in_1", subscription="sub_1", created=billed))
+        await apply(sessionmaker, "subscription", subscription(customer="cus_1", status="past_due"))
+        assert await scheduler.tick(start + timedelta(minutes=6)) == 1
+        rows = await notifications(engine)
+        assert [r.current["has_access"] for r in rows] == [True, False]

@@ -1,5 +1,6 @@
-"""The access_until scheduler: access ends at `access_until` with no event at all
-(DESIGN.md section 6), and the app is told then, not at the next event.
+"""The access_until scheduler: access ends at `access_until` (or when a past_due grace
+runs out) with no event at all (DESIGN.md section 6), and the app is told then, not at
+the next event.
 
 Leader-free: each replica ticks, but the clock row is taken `FOR UPDATE SKIP LOCKED`, so
 one replica at a time advances it over the window (scanned_until, now] and the others
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import Select, and_, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -21,10 +22,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from portal_service.access.entitlements import entitlements_answer
-from portal_service.access.facts import PLATFORM_ACCOUNT, CustomerAccess
+from portal_service.access.facts import (
+    PLATFORM_ACCOUNT,
+    UNPAID_INVOICE_STATUSES,
+    CustomerAccess,
+)
 from portal_service.db import utcnow
 from portal_service.mirror.apply import table_of
-from portal_service.mirror.tables import Subscription
+from portal_service.mirror.tables import Invoice, Subscription
 from portal_service.notify.outbox import Answer, CustomerKey, OutboxConfig, record_change
 from portal_service.notify.tables import NotificationClock
 from portal_service.ops.logging import get_logger
@@ -34,26 +39,53 @@ log = get_logger("portal_service.notify")
 CLOCK = "access_until"
 _CLOCKS = table_of(NotificationClock)
 _SUBSCRIPTIONS = table_of(Subscription)
+_INVOICES = table_of(Invoice)
 
 
-def _passed(since: datetime, until: datetime) -> Select[tuple[bool, str]]:
-    """Subscriptions whose access_until (DESIGN.md section 6) fell in (since, until]."""
+def _passed(since: datetime, until: datetime, *, grace_days: int) -> Select[tuple[bool, str]]:
+    """Customers with a subscription whose access_until (DESIGN.md section 6) fell in
+    (since, until], or, with a past_due grace, whose grace ran out in it."""
     s = _SUBSCRIPTIONS.c
-    in_window = and_(s.cancel_at > since, s.cancel_at <= until)
-    at_period_end = and_(
-        s.cancel_at.is_(None),
-        s.cancel_at_period_end.is_(True),
-        s.current_period_end > since,
-        s.current_period_end <= until,
-    )
+    ended = [
+        and_(s.cancel_at > since, s.cancel_at <= until),
+        and_(
+            s.cancel_at.is_(None),
+            s.cancel_at_period_end.is_(True),
+            s.current_period_end > since,
+            s.current_period_end <= until,
+        ),
+    ]
+    if grace_days > 0:
+        # The grace runs from the oldest unpaid invoice (else the period start): it ran out
+        # in the window when that moment lies in the window moved back by the grace. A
+        # superset is fine: record_change tells only what really changed.
+        grace = timedelta(days=grace_days)
+        start, end = since - grace, until - grace
+        i = _INVOICES.c
+        unpaid_in_window = (
+            select(i.id)
+            .where(
+                i.subscription_id == s.id,
+                i.status.in_(UNPAID_INVOICE_STATUSES),
+                i.deleted.is_(False),
+                i.stripe_created > start,
+                i.stripe_created <= end,
+            )
+            .exists()
+        )
+        ended.append(
+            and_(
+                s.status == "past_due",
+                or_(
+                    and_(s.current_period_start > start, s.current_period_start <= end),
+                    unpaid_in_window,
+                ),
+            )
+        )
     return (
         select(s.livemode, s.customer_id)
         .distinct()
-        .where(
-            s.account == PLATFORM_ACCOUNT,
-            s.customer_id.is_not(None),
-            or_(in_window, at_period_end),
-        )
+        .where(s.account == PLATFORM_ACCOUNT, s.customer_id.is_not(None), or_(*ended))
     )
 
 
@@ -116,7 +148,8 @@ class AccessUntilScheduler:
         await session.commit()
 
     def _notify_window(self, session: Session, since: datetime, until: datetime) -> int:
-        rows = session.execute(_passed(since, until)).all()
+        grace_days = self._config.policy.past_due_grace_days
+        rows = session.execute(_passed(since, until, grace_days=grace_days)).all()
         keys: list[CustomerKey] = sorted((row.livemode, row.customer_id) for row in rows)
         written = 0
         for key in keys:
