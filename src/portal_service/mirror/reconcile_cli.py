@@ -85,8 +85,8 @@ async def _run(
 ) -> dict[str, KindReport]:
     from rich.progress import Progress, TaskID
 
-    from portal_service.db import create_engine, create_sessionmaker
-    from portal_service.main import build_gateway
+    from portal_service.db import create_engine
+    from portal_service.main import build_gateway, build_sessionmaker
     from portal_service.mirror.reconcile import Reconciler
 
     engine = create_engine(settings.database_url)
@@ -95,7 +95,8 @@ async def _run(
         with Progress(transient=True) as progress:
             tasks: dict[str, TaskID] = {kind: progress.add_task(kind, total=None) for kind in kinds}
             reconciler = Reconciler(
-                create_sessionmaker(engine),
+                # With NOTIFY_URL, a fix that changes an answer records its access.changed.
+                build_sessionmaker(engine, settings),
                 gateway,
                 livemode=settings.livemode,
                 account=account,
