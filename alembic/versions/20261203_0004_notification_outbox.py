@@ -1,7 +1,7 @@
 """notifications + notification_clocks: the outbox of access.changed (DESIGN.md section 11).
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-12-03 06:32:34.526964
 """
 
@@ -14,8 +14,8 @@ from sqlalchemy.dialects import postgresql
 
 import portal_service.db
 
-revision: str = "0003"
-down_revision: str | None = "0002"
+revision: str = "0004"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
