@@ -26,6 +26,7 @@ from portal_service.notify.service import Notifier
 from portal_service.ops.logging import configure_logging
 from portal_service.ops.middleware import ProblemCORSMiddleware, RequestContextMiddleware
 from portal_service.ops.routes import router as ops_router
+from portal_service.ops.security_headers import SecurityHeadersMiddleware
 from portal_service.portal.configs import load_portal_config
 from portal_service.portal.routes import router as portal_router
 
@@ -37,8 +38,9 @@ customer's billing state. Errors are RFC 9457 `application/problem+json` with a 
 
 class PortalApp(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
-        # Outside Starlette's ServerErrorMiddleware, so a 500 still gets a request id.
-        return RequestContextMiddleware(super().build_middleware_stack())
+        # Outside Starlette's ServerErrorMiddleware, so a 500 still gets a request id and
+        # the security headers.
+        return SecurityHeadersMiddleware(RequestContextMiddleware(super().build_middleware_stack()))
 
     def openapi(self) -> dict[str, Any]:
         if not self.openapi_schema:
