@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install run test lint fmt openapi migration bench clean
+.PHONY: install run test lint audit fmt openapi migration bench clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -34,6 +34,12 @@ lint: install
 	$(BIN)/ruff check src tests alembic bench
 	$(BIN)/ruff format --check src tests alembic bench
 	$(BIN)/mypy
+	$(BIN)/python scripts/audit_deps.py
+
+## Known vulnerabilities in uv.lock: pip-audit, or PyPI's per-project data where the
+## registry serves no per-release JSON (scripts/audit_deps.py says which and what it covered).
+audit: install
+	$(BIN)/python scripts/audit_deps.py
 
 fmt: install
 	$(BIN)/ruff check --fix src tests alembic bench
