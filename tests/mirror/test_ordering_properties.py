@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,9 +15,9 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from faults.services import apply_log, double_applies
 from mirror.stripe_payloads import customer, item, subscription, utc
 from portal_service.mirror.tables import Customer, StripeEvent, Subscription, SubscriptionItem
 from support import deliver, make_event
@@ -82,32 +83,9 @@ def build(run: int, history: History) -> tuple[list[dict[str, Any]], dict[str, d
 
 
 @pytest.fixture
-async def apply_log(engine: AsyncEngine) -> Any:
-    """A trigger recording (object, event) for every write of a mirrored row: an event
-    applied twice to the same object would leave two identical entries."""
-    statements = [
-        "CREATE TABLE test_apply_log (object_id text, event_id text)",
-        "CREATE FUNCTION test_log_apply() RETURNS trigger AS $$ BEGIN "
-        "INSERT INTO test_apply_log VALUES (NEW.id, NEW.source_event_id); RETURN NEW; END $$ "
-        "LANGUAGE plpgsql",
-        "CREATE TRIGGER test_log_apply_sub AFTER INSERT OR UPDATE ON subscriptions "
-        "FOR EACH ROW EXECUTE FUNCTION test_log_apply()",
-        "CREATE TRIGGER test_log_apply_cus AFTER INSERT OR UPDATE ON customers "
-        "FOR EACH ROW EXECUTE FUNCTION test_log_apply()",
-    ]
-    async with engine.begin() as connection:
-        for statement in statements:
-            await connection.execute(text(statement))
-    try:
-        yield engine
-    finally:
-        async with engine.begin() as connection:
-            await connection.execute(
-                text("DROP TRIGGER IF EXISTS test_log_apply_sub ON subscriptions")
-            )
-            await connection.execute(text("DROP TRIGGER IF EXISTS test_log_apply_cus ON customers"))
-            await connection.execute(text("DROP FUNCTION IF EXISTS test_log_apply()"))
-            await connection.execute(text("DROP TABLE IF EXISTS test_apply_log"))
+async def logged(engine: AsyncEngine) -> AsyncIterator[AsyncEngine]:
+    async with apply_log(engine) as logging_engine:
+        yield logging_engine
 
 
 class TestOrderingProperty:
@@ -123,7 +101,7 @@ class TestOrderingProperty:
         self,
         client: httpx.AsyncClient,
         rows: Any,
-        apply_log: AsyncEngine,
+        logged: AsyncEngine,
         history: History,
         data: st.DataObject,
     ) -> None:
@@ -150,13 +128,4 @@ class TestOrderingProperty:
             assert row.deleted == (want["status"] == "canceled")
             (only,) = await rows.all(SubscriptionItem, subscription_id=object_id)
             assert only.id == want["item"]
-        async with apply_log.connect() as connection:
-            doubled = (
-                await connection.execute(
-                    text(
-                        "SELECT object_id, event_id, count(*) FROM test_apply_log "
-                        "GROUP BY object_id, event_id HAVING count(*) > 1"
-                    )
-                )
-            ).all()
-        assert doubled == []
+        assert await double_applies(logged) == []
