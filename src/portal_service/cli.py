@@ -66,15 +66,30 @@ def serve(
     workers: Annotated[
         int, typer.Option(min=1, help="Worker processes (PostgreSQL only above 1).")
     ] = 1,
+    graceful_timeout: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Seconds in-flight requests get to finish after SIGTERM; then they are cut."
+        ),
+    ] = 20,
+    read_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1, help="Seconds a client has to send a whole request (headers and body)."
+        ),
+    ] = 30.0,
 ) -> None:
     """Serve the API with uvicorn. Never migrates: run `portal-service migrate` first."""
     import uvicorn
+
+    from portal_service.ops.server import READ_TIMEOUT_ENV, GuardedHttpToolsProtocol
 
     settings = _settings(workers=workers)
     if settings.offline and settings.environment == "development":
         from portal_service.portal.demo import start_demo
 
         start_demo(settings, host=host, port=port)
+    os.environ[READ_TIMEOUT_ENV] = str(read_timeout)
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Workers are separate processes: aggregate their metrics through shared files.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="portal-metrics-")
@@ -88,6 +103,10 @@ def serve(
         proxy_headers=True,
         server_header=False,
         log_level=settings.log_level.lower(),
+        # Slow clients and shutdown, deliberately (uvicorn waits forever by default).
+        http=GuardedHttpToolsProtocol,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=graceful_timeout,
     )
 
 
