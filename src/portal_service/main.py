@@ -23,12 +23,17 @@ from portal_service.mirror.routes import router as mirror_router
 from portal_service.notify.outbox import outbox_sessionmaker
 from portal_service.notify.routes import router as notify_router
 from portal_service.notify.service import Notifier
+from portal_service.ops.limits import install_body_limit
 from portal_service.ops.logging import configure_logging
 from portal_service.ops.middleware import ProblemCORSMiddleware, RequestContextMiddleware
 from portal_service.ops.routes import router as ops_router
 from portal_service.ops.security_headers import SecurityHeadersMiddleware
 from portal_service.portal.configs import load_portal_config
 from portal_service.portal.routes import router as portal_router
+
+# The JSON bodies of the API are a few hundred bytes; webhooks have their own,
+# configurable limit (WEBHOOK_MAX_BODY_BYTES) and answer 400 past it.
+JSON_MAX_BODY_BYTES = 64 * 1024
 
 DESCRIPTION = """\
 Stripe's hosted customer portal behind one small API, with an exact SQL mirror of every
@@ -106,6 +111,7 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
     )
     app.state.settings = settings
     install_error_handlers(app)
+    install_body_limit(app, max_bytes=JSON_MAX_BODY_BYTES, exempt_paths=("/webhooks",))
     if settings.cors_allow_origins:
         app.add_middleware(
             ProblemCORSMiddleware,

@@ -76,6 +76,9 @@ _REFETCH_ATTEMPTS = 3
 _MAX_ID_LENGTH = 255  # the width of stripe_events.id, .type and .account
 _MAX_API_VERSION_LENGTH = 64  # the width of stripe_events.api_version
 _MAX_ERROR_LENGTH = 500
+# Stripe's objects nest a few levels; a hostile body nested hundreds deep would exhaust
+# Python's stack in the recursive walks after parsing (an unhandled 500).
+MAX_JSON_DEPTH = 64
 
 
 class ApplyFailed(DomainError):
@@ -190,6 +193,20 @@ def _thin_event(data: dict[str, Any]) -> Received:
     )
 
 
+def _too_deep(body: bytes, data: Any) -> bool:
+    # Cheap first: a body with fewer opening brackets than the limit cannot nest deeper.
+    if body.count(b"{") + body.count(b"[") <= MAX_JSON_DEPTH:
+        return False
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return True
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
 def parse_event(body: bytes) -> Received:
     """The verified body as an event, or InvalidPayload (400)."""
     try:
@@ -198,6 +215,8 @@ def parse_event(body: bytes) -> Received:
         raise InvalidPayload("The body is not valid JSON.") from exc
     if not isinstance(data, dict):
         raise InvalidPayload("The body is not a Stripe event: not a JSON object.")
+    if _too_deep(body, data):
+        raise InvalidPayload(f"The body nests JSON deeper than {MAX_JSON_DEPTH} levels.")
     return received_from(data)
 
 
