@@ -20,4 +20,3 @@ def rows(engine: AsyncEngine) -> Rows:
 async def logged(engine: AsyncEngine) -> AsyncIterator[AsyncEngine]:
     async with apply_log(engine) as logging_engine:
         yield logging_engine
-
