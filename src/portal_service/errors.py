@@ -295,6 +295,10 @@ def install_error_handlers(app: FastAPI) -> None:
             return NotFound().to_response()
         if exc.status_code == 405:
             return MethodNotAllowed(headers=dict(exc.headers or {})).to_response()
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            # FastAPI answers a body that is not UTF-8 with a bare 400, where malformed
+            # JSON is a 422 validation error: the same input error, the same answer.
+            return InvalidRequest("The request body is not valid UTF-8 JSON.").to_response()
         code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
         return problem_response(
             exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {})
