@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mirror.stripe_payloads import customer, subscription
 from portal_service.db import create_sessionmaker, utcnow
 from portal_service.mirror.replay import events_to_replay
-from portal_service.mirror.tables import StripeEvent, Subscription, SubscriptionItem
+from portal_service.mirror.tables import Customer, StripeEvent, Subscription, SubscriptionItem
 from support import admin_headers, deliver, make_event
 
 T0 = 1_760_000_000
@@ -83,12 +83,17 @@ class TestApplyFailure:
             again = await client.post(
                 f"/admin/events/{event['id']}/replay", headers=admin_headers()
             )
-        assert again.status_code == 500
-        assert (await rows.event(event["id"])).attempts == 2
+        assert (again.status_code, again.json()["code"]) == (500, "apply_failed")
+        recorded = await rows.event(event["id"])
+        assert (recorded.status, recorded.attempts) == ("failed", 2)
+        assert await rows.get(Subscription, "sub_1") is None
         response = await client.post(f"/admin/events/{event['id']}/replay", headers=admin_headers())
         assert response.status_code == 200
         assert response.json() == {"id": event["id"], "status": "processed", "result": "processed"}
-        assert (await rows.get(Subscription, "sub_1")).status == "unpaid"
+        recorded = await rows.event(event["id"])
+        assert (recorded.status, recorded.attempts) == ("processed", 3)
+        row = await rows.get(Subscription, "sub_1")
+        assert (row.status, row.source_event_id) == ("unpaid", event["id"])
 
     async def test_other_objects_keep_flowing_while_one_fails(
         self,
@@ -96,12 +101,16 @@ class TestApplyFailure:
         rows: Any,
         refuse_subscription_status: Callable[[str], Any],
     ) -> None:
+        stuck = make_event("customer.subscription.updated", subscription(status="unpaid"))
+        flowing = make_event("customer.updated", customer(name="Still Flowing"))
         async with refuse_subscription_status("unpaid"):
-            await deliver(
-                client, make_event("customer.subscription.updated", subscription(status="unpaid"))
-            )
-            ok = await deliver(client, make_event("customer.updated", customer()))
-        assert ok.json()["status"] == "processed"
+            assert (await deliver(client, stuck)).status_code == 500
+            ok = await deliver(client, flowing)
+        assert ok.json() == {"received": True, "status": "processed"}
+        assert (await rows.event(stuck["id"])).status == "failed"
+        assert (await rows.event(flowing["id"])).status == "processed"
+        assert await rows.get(Subscription, "sub_1") is None
+        assert (await rows.get(Customer, "cus_1")).name == "Still Flowing"
 
     async def test_payload_the_apply_cannot_read_fails_the_event(
         self, client: httpx.AsyncClient, rows: Any
@@ -110,10 +119,11 @@ class TestApplyFailure:
             "customer.subscription.updated", {"object": "subscription", "status": "active"}
         )
         response = await deliver(client, event)
-        assert response.status_code == 500
+        assert (response.status_code, response.json()["code"]) == (500, "apply_failed")
         recorded = await rows.event(event["id"])
-        assert recorded.status == "failed"
+        assert (recorded.status, recorded.attempts) == ("failed", 1)
         assert recorded.last_error.startswith("ValueError")
+        assert await rows.all(Subscription) == []
 
 
 @pytest.mark.sqlite
@@ -137,8 +147,10 @@ class TestPendingEvents:
         stuck_since = utcnow() - timedelta(seconds=61)
         await set_event(engine, event["id"], status="pending", received_at=stuck_since)
         response = await deliver(client, event)
-        assert response.json()["status"] == "processed"
-        assert (await rows.event(event["id"])).status == "processed"
+        assert response.json() == {"received": True, "status": "processed"}
+        recorded = await rows.event(event["id"])
+        assert (recorded.status, recorded.attempts) == ("processed", 2)
+        assert (await rows.get(Customer, "cus_1")).source_event_id == event["id"]
 
     async def test_failed_selection_includes_events_stuck_pending(
         self, client: httpx.AsyncClient, engine: AsyncEngine

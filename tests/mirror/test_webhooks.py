@@ -63,26 +63,31 @@ class TestWebhookSignature:
         assert (await rows.event(event["id"])).status == "processed"
 
     async def test_rotation_header_with_two_v1_signatures_is_accepted(
-        self, client: httpx.AsyncClient
+        self, client: httpx.AsyncClient, rows: Any
     ) -> None:
-        body = body_of(make_event("customer.created", customer()))
+        event = make_event("customer.created", customer())
+        body = body_of(event)
         now = int(time.time())
         header = f"t={now},{v1(body, OTHER_SECRET, now)},{v1(body, WEBHOOK_SECRET, now)}"
         response = await post(client, body, header)
-        assert response.status_code == 200
+        assert response.json() == {"received": True, "status": "processed"}
+        assert (await rows.event(event["id"])).status == "processed"
 
     async def test_every_configured_secret_is_tried(
-        self, client_factory: Callable[..., Any]
+        self, client_factory: Callable[..., Any], rows: Any
     ) -> None:
-        body = body_of(make_event("customer.created", customer()))
+        event = make_event("customer.created", customer())
+        body = body_of(event)
         secrets = f"{OTHER_SECRET},{WEBHOOK_SECRET}"
         async with client_factory(stripe_webhook_secrets=secrets) as client:
             first = await post(client, body, sign(body, OTHER_SECRET, timestamp=int(time.time())))
             second = await post(
                 client, body, sign(body, WEBHOOK_SECRET, timestamp=int(time.time()))
             )
-        assert first.status_code == 200
+        assert first.json() == {"received": True, "status": "processed"}
         assert second.json()["status"] == "duplicate"
+        recorded = await rows.event(event["id"])
+        assert (recorded.status, recorded.attempts) == ("processed", 1)
 
     @pytest.mark.parametrize(
         "make_header",
@@ -124,14 +129,20 @@ class TestWebhookSignature:
         assert response.json()["code"] == "invalid_signature"
         assert await rows.get(StripeEvent, event["id"]) is None
 
-    async def test_tolerance_comes_from_settings(self, client_factory: Callable[..., Any]) -> None:
-        body = body_of(make_event("customer.created", customer()))
+    async def test_tolerance_comes_from_settings(
+        self, client_factory: Callable[..., Any], rows: Any
+    ) -> None:
+        event = make_event("customer.created", customer())
+        body = body_of(event)
         header = sign(body, WEBHOOK_SECRET, timestamp=int(time.time()) - 100)
         async with client_factory(stripe_webhook_tolerance=60) as client:
             response = await post(client, body, header)
-        assert response.json()["code"] == "invalid_signature"
+        assert (response.status_code, response.json()["code"]) == (400, "invalid_signature")
+        assert await rows.get(StripeEvent, event["id"]) is None
 
-    async def test_no_secret_configured_is_503(self, client_factory: Callable[..., Any]) -> None:
+    async def test_no_secret_configured_is_503(
+        self, client_factory: Callable[..., Any], rows: Any
+    ) -> None:
         body = body_of(make_event("customer.created", customer()))
         async with client_factory(stripe_webhook_secrets="") as client:
             response = await post(
@@ -139,6 +150,7 @@ class TestWebhookSignature:
             )
         assert response.status_code == 503
         assert response.json()["code"] == "webhooks_not_configured"
+        assert await rows.count(StripeEvent) == 0
 
 
 @pytest.mark.sqlite
@@ -177,7 +189,7 @@ class TestWebhookBody:
         assert await rows.count(StripeEvent) == 0
 
     async def test_declared_oversized_body_is_refused_before_reading(
-        self, client_factory: Callable[..., Any]
+        self, client_factory: Callable[..., Any], rows: Any
     ) -> None:
         body = b"x" * 2048
         async with client_factory(webhook_max_body_bytes=1024) as client:
@@ -185,9 +197,10 @@ class TestWebhookBody:
         assert response.status_code == 400
         assert response.json()["code"] == "invalid_payload"
         assert "WEBHOOK_MAX_BODY_BYTES" in response.json()["detail"]
+        assert await rows.count(StripeEvent) == 0
 
     async def test_streamed_oversized_body_is_refused(
-        self, client_factory: Callable[..., Any]
+        self, client_factory: Callable[..., Any], rows: Any
     ) -> None:
         body = body_of(make_event("customer.created", customer(name="x" * 4096)))
 
@@ -201,13 +214,17 @@ class TestWebhookBody:
             )
         assert response.status_code == 400
         assert response.json()["code"] == "invalid_payload"
+        assert await rows.count(StripeEvent) == 0
 
-    async def test_body_at_the_limit_is_accepted(self, client_factory: Callable[..., Any]) -> None:
+    async def test_body_at_the_limit_is_accepted(
+        self, client_factory: Callable[..., Any], rows: Any
+    ) -> None:
         event = make_event("customer.created", customer(name="x" * 1024))
         body = body_of(event)
         async with client_factory(webhook_max_body_bytes=len(body)) as client:
             response = await client.post("/webhooks", content=body, headers=signed_headers(body))
-        assert response.status_code == 200
+        assert response.json() == {"received": True, "status": "processed"}
+        assert (await rows.event(event["id"])).status == "processed"
 
 
 @pytest.mark.sqlite
