@@ -127,6 +127,22 @@ def markers(suffix: str) -> tuple[str, ...]:
     return (f"sub_{suffix}", f"in_{suffix}", f"pm_{suffix}", f"txi_{suffix}", f"feature-{suffix}")
 
 
+# What each route shows of `scoped_rows(rows, suffix)` when that scope is the app's own:
+# the positive control that keeps "nothing leaked" from passing on a route that shows nothing.
+SHOWN = {
+    "/me": "cus_a",
+    "/me/subscriptions": "sub_{suffix}",
+    "/me/entitlements": "feature-{suffix}",
+    "/me/invoices": "in_{suffix}",
+    "/me/payment-methods": "pm_{suffix}",
+}
+
+
+def assert_shows(response: httpx.Response, route: str, suffix: str) -> None:
+    marker = SHOWN[route].format(suffix=suffix)
+    assert marker in response.text, f"{route} does not show {marker}: {response.text[:300]}"
+
+
 class TestOtherModes:
     @pytest.mark.sqlite
     @pytest.mark.parametrize("route", ME_ROUTES)
@@ -153,34 +169,40 @@ class TestOtherModes:
     async def test_live_mode_app_reads_live_rows(
         self, client_factory: Any, rows: MirrorRows, route: str
     ) -> None:
-        await rows.customer("cus_test")
-        await rows.customer("cus_live", livemode=True)
-        await rows.subscription("sub_live", customer_id="cus_live", livemode=True)
+        await rows.customer("cus_test", app_user_id=None)
+        await rows.customer(livemode=True)
+        await scoped_rows(rows, "live", livemode=True)
         async with client_factory(stripe_api_key="rk_live_fake") as live:
             response = await read(live, route)
         assert response.status_code == 200
         assert "cus_test" not in response.text
-        if route in ("/me", "/me/entitlements"):
-            assert response.json()["customer_id" if route != "/me" else "id"] == "cus_live"
+        assert_shows(response, route, "live")
 
     @pytest.mark.parametrize("route", ME_ROUTES)
     async def test_other_mode_objects_of_the_same_customer_are_invisible(
         self, client: httpx.AsyncClient, rows: MirrorRows, route: str
     ) -> None:
         await rows.customer()
+        await scoped_rows(rows, "own")
         await scoped_rows(rows, "live", livemode=True)
         response = await read(client, route)
         assert response.status_code == 200
         assert leaked(response, markers("live")) == []
+        assert_shows(response, route, "own")
 
     async def test_backend_routes_do_not_cross_modes(
         self, client: httpx.AsyncClient, rows: MirrorRows
     ) -> None:
         await rows.customer("cus_live", app_user_id="user_live", livemode=True)
+        await rows.customer("cus_own", app_user_id="user_own")
         by_id = await client.get("/customers/cus_live/entitlements", headers=backend_headers())
         by_user = await client.get("/users/user_live/entitlements", headers=backend_headers())
         assert by_id.status_code == 404
         assert by_user.json()["customer_id"] is None
+        # The positive control: the same routes find a customer of the app's own scope.
+        own = await client.get("/customers/cus_own/entitlements", headers=backend_headers())
+        own_user = await client.get("/users/user_own/entitlements", headers=backend_headers())
+        assert (own.status_code, own_user.json()["customer_id"]) == (200, "cus_own")
 
 
 class TestConnectAccounts:
@@ -200,19 +222,26 @@ class TestConnectAccounts:
         self, client: httpx.AsyncClient, rows: MirrorRows, route: str
     ) -> None:
         await rows.customer()
+        await scoped_rows(rows, "own")
         await scoped_rows(rows, "connect", account="acct_1")
         response = await read(client, route)
         assert response.status_code == 200
         assert leaked(response, markers("connect")) == []
+        assert_shows(response, route, "own")
 
     async def test_backend_routes_ignore_connected_accounts(
         self, client: httpx.AsyncClient, rows: MirrorRows
     ) -> None:
         await rows.customer("cus_connect", app_user_id="user_connect", account="acct_1")
+        await rows.customer("cus_own", app_user_id="user_own")
         by_id = await client.get("/customers/cus_connect/entitlements", headers=backend_headers())
         by_user = await client.get("/users/user_connect/entitlements", headers=backend_headers())
         assert by_id.status_code == 404
         assert by_user.json()["customer_id"] is None
+        # The positive control: the same routes find a customer of the app's own scope.
+        own = await client.get("/customers/cus_own/entitlements", headers=backend_headers())
+        own_user = await client.get("/users/user_own/entitlements", headers=backend_headers())
+        assert (own.status_code, own_user.json()["customer_id"]) == (200, "cus_own")
 
 
 class TestDeletedCustomers:
