@@ -1,10 +1,12 @@
-"""SQL injection and CSRF surfaces: hostile values in every place the API takes text
-(path, query, cursor, body, webhook fields) are data, never SQL; the offline portal page
-takes no state-changing request, so there is nothing for a cross-site form to forge."""
+"""SQL injection and CSRF: hostile values in every place the API takes text (path, query,
+cursor, body, webhook fields) are data, never SQL; the offline portal page's forms are
+refused from another origin (or none) and without the session's CSRF token."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -13,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mirror.stripe_payloads import customer
 from portal_service.mirror.tables import Customer
+from portal_service.portal.demo import DEMO_USER, seed
 from support import admin_headers, backend_headers, deliver, make_event, user_headers
 
 PAYLOADS = [
@@ -82,23 +85,46 @@ class TestInjection:
         assert (row.name, row.email) == (payload, payload)
 
 
+ORIGIN = "http://testserver"
+HIDDEN = re.compile(r"<input type='hidden' name='(\w+)' value='([^']*)'>")
+
+
 @pytest.mark.sqlite
 class TestOfflinePageCsrf:
-    async def test_the_page_takes_no_state_changing_request(
-        self, client: httpx.AsyncClient
+    @pytest.mark.parametrize(
+        ("origin", "csrf"),
+        [
+            ("https://evil.test", None),
+            ("null", None),
+            (None, None),
+            (ORIGIN, ""),
+            (ORIGIN, "forged"),
+        ],
+        ids=["other-origin", "opaque-origin", "no-origin", "no-token", "wrong-token"],
+    )
+    async def test_a_cross_site_or_tokenless_form_changes_nothing(
+        self, client: httpx.AsyncClient, origin: str | None, csrf: str | None
     ) -> None:
-        created = await client.post("/portal-sessions", headers=user_headers("user_csrf"))
-        url = created.json()["url"]
-        page = await client.get(url)
-        assert page.status_code == 200
-        assert "<form" not in page.text.lower()
-        for method in ("POST", "PUT", "DELETE", "PATCH"):
-            forged = await client.request(
-                method, url, headers={"Origin": "https://evil.test"}, content=b"action=cancel"
-            )
-            assert forged.status_code == 405, method
-        # Nor can another site frame it to trick a click.
+        app = client.app  # type: ignore[attr-defined]
+        assert await seed(app, service_url=ORIGIN) is not None
+        created = await client.post("/portal-sessions", headers=user_headers(DEMO_USER))
+        path = urlsplit(created.json()["url"]).path
+        page = await client.get(path, params={"view": "cancel"})
+        forms = re.findall(r"<form method='post'.*?</form>", page.text, flags=re.S)
+        # Every form of the page carries the session's token and a one-time nonce.
+        assert forms
+        assert all({"csrf", "nonce"} <= dict(HIDDEN.findall(form)).keys() for form in forms)
+        (cancel,) = [f for f in map(dict, map(HIDDEN.findall, forms)) if f["action"] == "cancel"]
+        fields = {**cancel} if csrf is None else {**cancel, "csrf": csrf}
+        headers = {"Origin": origin} if origin is not None else {}
+        forged = await client.post(path, data=fields, headers=headers)
+        assert forged.status_code == 403
+        subs = await client.get("/me/subscriptions", headers=user_headers(DEMO_USER))
+        assert [s["cancel_at_period_end"] for s in subs.json()["data"]] == [False]
+        # The positive control: the same form from this origin, with its token, is taken
+        # (the refusal did not even use up its one-time nonce).
+        taken = await client.post(path, data=cancel, headers={"Origin": ORIGIN})
+        assert taken.status_code == 303
+        # Nor can another site frame the page to trick a click.
         assert page.headers["x-frame-options"] == "DENY"
-        assert "frame-ancestors 'none'" in page.headers["content-security-policy"] or (
-            "default-src 'none'" in page.headers["content-security-policy"]
-        )
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
