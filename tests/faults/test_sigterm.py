@@ -18,10 +18,12 @@ from support import user_headers
 
 
 async def refused(url: str) -> bool:
+    """A new request on a new connection is not served: the connection is refused, or (in
+    the moment the listener closes) accepted and closed without an answer."""
     async with httpx.AsyncClient(timeout=2) as fresh:  # a new connection, not a pooled one
         try:
             await fresh.get(f"{url}/healthz")
-        except httpx.ConnectError:
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
             return True
     return False
 
