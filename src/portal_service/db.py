@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from sqlalchemy import JSON, DateTime, event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -77,6 +78,21 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         )
 
 
+def _discard_closed_connections(engine: AsyncEngine) -> None:
+    # Instead of pool_pre_ping, which costs three round trips per checkout on asyncpg (BEGIN,
+    # `;`, ROLLBACK): asyncpg sees a pooled connection's socket close on its own, on the event
+    # loop, when the server ends the backend (a restart, pg_terminate_backend, an idle
+    # timeout). Such a connection is refused at checkout, with no round trip, and the pool
+    # hands out a fresh one (SQLAlchemy retries a checkout that raises DisconnectionError).
+    # A connection that dies unseen fails its statement instead; SQLAlchemy then discards
+    # every connection of the pool that is older (its disconnect handling), so the pool
+    # recovers after that one error either way.
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        if dbapi_connection.driver_connection.is_closed():
+            raise DisconnectionError("the server closed this pooled connection")
+
+
 def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     if url.startswith("sqlite"):
         engine = create_async_engine(url, echo=echo, hide_parameters=True)
@@ -84,14 +100,16 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         return engine
     # hide_parameters: a database error is logged with its statement, never with the
     # customer data bound to it.
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         echo=echo,
         hide_parameters=True,
-        pool_pre_ping=True,
+        pool_pre_ping=False,
         pool_size=10,
         max_overflow=10,
     )
+    _discard_closed_connections(engine)
+    return engine
 
 
 def for_reads(engine: AsyncEngine) -> AsyncEngine:

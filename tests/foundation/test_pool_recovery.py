@@ -1,0 +1,110 @@
+"""The pool without pre-ping (db.py): after PostgreSQL ends every backend of the service's
+database, the next webhook and the next /readyz succeed without restarting the app.
+
+Only the backends of this run's own test database are terminated (filtered by datname).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mirror.stripe_payloads import subscription
+from support import deliver, make_event
+
+_OTHER_BACKENDS = (
+    "SELECT pid FROM pg_stat_activity "
+    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+)
+
+
+async def _terminate_other_backends(engine: AsyncEngine) -> set[int]:
+    """End every other connection to the test database; return once they are gone."""
+    # Autocommit: pg_stat_activity is a snapshot taken once per transaction.
+    async with engine.connect() as connection:
+        await connection.execution_options(isolation_level="AUTOCOMMIT")
+        killed = set(
+            (
+                await connection.execute(
+                    text(
+                        "SELECT pid FROM pg_stat_activity, "
+                        "LATERAL pg_terminate_backend(pid) AS done "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                        "AND done"
+                    )
+                )
+            ).scalars()
+        )
+        for _ in range(200):
+            alive = set((await connection.execute(text(_OTHER_BACKENDS))).scalars())
+            if not killed & alive:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError(f"backends {killed & alive} survived pg_terminate_backend")
+    return killed
+
+
+class TestPoolRecovery:
+    async def test_webhook_and_readyz_succeed_after_backends_are_terminated(
+        self, engine: AsyncEngine, client_factory: Callable[..., Any]
+    ) -> None:
+        async with client_factory() as client:
+            # Fill the app's pool with several connections, all idle afterwards.
+            first = await asyncio.gather(
+                *(
+                    deliver(
+                        client,
+                        make_event(
+                            "customer.subscription.updated",
+                            subscription(f"sub_pool_{n}", customer="cus_pool"),
+                        ),
+                    )
+                    for n in range(4)
+                )
+            )
+            assert [r.status_code for r in first] == [200] * 4
+            assert (await client.get("/readyz")).status_code == 200
+            pool = client.app.state.engine.pool  # type: ignore[attr-defined]
+            pooled = pool.checkedin()
+            assert pooled >= 1
+
+            killed = await _terminate_other_backends(engine)
+            assert len(killed) >= pooled
+
+            after = await deliver(
+                client,
+                make_event(
+                    "customer.subscription.updated",
+                    subscription("sub_pool_after", customer="cus_pool"),
+                ),
+            )
+            ready = await client.get("/readyz")
+
+        assert after.status_code == 200
+        assert after.json() == {"received": True, "status": "processed"}
+        assert ready.status_code == 200
+        assert ready.json()["database"] == "ok"
+        async with engine.connect() as connection:
+            applied = await connection.scalar(
+                text("SELECT count(*) FROM subscriptions WHERE id = 'sub_pool_after'")
+            )
+        assert applied == 1
+
+    async def test_asyncpg_sees_a_terminated_backend_without_a_round_trip(
+        self, engine: AsyncEngine, client_factory: Callable[..., Any]
+    ) -> None:
+        """What the checkout check relies on: the connection knows it is closed as soon as the
+        server ended it, before anything is sent on it."""
+        async with client_factory() as client:
+            app_engine: AsyncEngine = client.app.state.engine  # type: ignore[attr-defined]
+            async with app_engine.connect() as connection:
+                raw = await connection.get_raw_connection()
+                driver = raw.driver_connection
+                assert driver is not None
+                await _terminate_other_backends(engine)
+                assert driver.is_closed()
