@@ -58,8 +58,10 @@ migration: install
 	DATABASE_URL=sqlite+aiosqlite:///./.migration-scratch.db $(BIN)/alembic revision --autogenerate -m "$(m)"
 	@rm -f .migration-scratch.db
 
+## Over real HTTP with wrk, against peers in the same run (bench/README.md); about 6 minutes.
+## make bench BENCH_ARGS=--quick: a short look (about 2 minutes), bench/README.md untouched.
 bench: install
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache
