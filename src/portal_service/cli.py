@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from portal_service.config import ConfigError, Settings, get_settings
 from portal_service.mirror.endpoints_cli import webhook_endpoint_app
+from portal_service.mirror.prune import prune
 from portal_service.mirror.reconcile_cli import reconcile
 from portal_service.mirror.sync_cli import sync
 from portal_service.portal.config_cli import portal_config_app
@@ -204,6 +205,7 @@ async def _replay(
 # Written next to what they drive (mirror/, portal/), registered here.
 app.command()(sync)
 app.command("demo-data")(demo_data)
+app.command()(prune)
 app.add_typer(portal_config_app)
 app.command()(reconcile)
 app.add_typer(webhook_endpoint_app)
