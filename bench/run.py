@@ -81,6 +81,7 @@ class Run:
     p50_ms: float
     p99_ms: float
     rows: int | None = None  # rows really written, where counted
+    cpu_seconds: float = 0.0  # CPU the server's processes used during the run
 
     @property
     def rate(self) -> float:
@@ -101,6 +102,12 @@ class Row:
     def rate(self) -> float:
         seconds = sum(r.seconds for r in self.runs)
         return sum(r.requests for r in self.runs) / seconds if seconds else 0.0
+
+    @property
+    def cpu_ms(self) -> float:
+        """Server CPU per answered request: less sensitive to the machine's load than rates."""
+        requests = sum(r.requests for r in self.runs)
+        return sum(r.cpu_seconds for r in self.runs) * 1000 / requests if requests else 0.0
 
     @property
     def p50(self) -> float:
@@ -152,15 +159,8 @@ def ensure_wrk() -> str:
 
 def peak_rss_mb(pid: int) -> float:
     """The highest VmHWM over the process and its children (uvicorn's workers)."""
-    pids = [pid]
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            children = (task / "children").read_text().split()
-            pids.extend(int(child) for child in children)
-    except OSError:
-        pass
     peak = 0
-    for one in pids:
+    for one in _tree(pid):
         try:
             for line in Path(f"/proc/{one}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
@@ -168,6 +168,29 @@ def peak_rss_mb(pid: int) -> float:
         except OSError:
             continue
     return peak / 1024
+
+
+def _tree(pid: int) -> list[int]:
+    pids = [pid]
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            pids.extend(int(child) for child in (task / "children").read_text().split())
+    except OSError:
+        pass
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of the process and its children (uvicorn's workers)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for one in _tree(pid):
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
 
 
 class Server:
@@ -208,6 +231,9 @@ class Server:
 
     def rss_mb(self) -> float:
         return peak_rss_mb(self.process.pid)
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -264,7 +290,7 @@ def start_service(name: str, database_url: str, *, workers: int = 1, **extra: st
 
 def wrk(
     tool: str,
-    url: str,
+    server: Server,
     lines: list[str],
     *,
     connections: int,
@@ -273,6 +299,7 @@ def wrk(
 ) -> Run:
     with tempfile.NamedTemporaryFile("w", suffix=".tsv", delete=False) as requests:
         requests.write("\n".join(lines) + "\n")
+    cpu_before = server.cpu_seconds()
     try:
         completed = subprocess.run(  # noqa: S603 - wrk from PATH, our script
             [
@@ -284,7 +311,7 @@ def wrk(
                 "10s",
                 "-s",
                 str(LUA),
-                url,
+                server.url,
             ],
             env={**os.environ, "BENCH_REQUESTS": requests.name, "BENCH_EXPECT": expect},
             capture_output=True,
@@ -294,6 +321,7 @@ def wrk(
         )
     finally:
         os.unlink(requests.name)
+    cpu = server.cpu_seconds() - cpu_before
     line = next(x for x in completed.stdout.splitlines() if x.startswith("BENCH_JSON "))
     data = json.loads(line.removeprefix("BENCH_JSON "))
     errors = data["connect_errors"] + data["read_errors"] + data["write_errors"] + data["timeouts"]
@@ -305,6 +333,7 @@ def wrk(
         unexpected=data["unexpected"],
         p50_ms=data["p50_us"] / 1000,
         p99_ms=data["p99_us"] / 1000,
+        cpu_seconds=cpu,
     )
 
 
@@ -606,7 +635,7 @@ class Bench:
             lines = webhook_lines(warm_prefix, count=EVENTS_PER_SECOND_CAP * self.mode.warmup)
             wrk(
                 self.tool,
-                server.url,
+                server,
                 lines,
                 connections=connections,
                 duration=self.mode.warmup,
@@ -615,7 +644,7 @@ class Bench:
         lines = webhook_lines(prefix, count=EVENTS_PER_SECOND_CAP * self.mode.duration)
         run = wrk(
             self.tool,
-            server.url,
+            server,
             lines,
             connections=connections,
             duration=self.mode.duration,
@@ -741,9 +770,9 @@ class Bench:
     def get(self, server: Server, path: str, headers: str, *, expect: str, warm: bool) -> Run:
         lines = [f"GET\t{path}\t{headers}\t"]
         if warm:
-            wrk(self.tool, server.url, lines, connections=16, duration=self.mode.warmup)
+            wrk(self.tool, server, lines, connections=16, duration=self.mode.warmup)
         return wrk(
-            self.tool, server.url, lines, connections=16, duration=self.mode.duration, expect=expect
+            self.tool, server, lines, connections=16, duration=self.mode.duration, expect=expect
         )
 
     def entitlements(self, service: Server) -> None:
@@ -803,10 +832,10 @@ class Bench:
 
             def measure(server: Server, requests: list[str], connections: int, warm: bool) -> Run:
                 if warm:
-                    wrk(self.tool, server.url, requests, connections=connections, duration=1)
+                    wrk(self.tool, server, requests, connections=connections, duration=1)
                 return wrk(
                     self.tool,
-                    server.url,
+                    server,
                     requests,
                     connections=connections,
                     duration=self.mode.duration,
@@ -932,8 +961,9 @@ def render(bench: Bench, *, command: str, elapsed: float) -> str:
         f"{machine()}; took {elapsed:.0f} s; wrk -t1, {bench.mode.duration} s per run, "
         f"{bench.mode.rounds} alternating round(s) per case.",
         "",
-        "| case | target | requests/s | ratio | p50 ms | p99 ms | errors | acknowledged | rows written | peak RSS MB | target | note |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| case | target | requests/s | ratio | server CPU ms/request | p50 ms | p99 ms | errors "
+        "| acknowledged | rows written | peak RSS MB | target | note |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for row in bench.rows:
         ratio = ""
@@ -943,7 +973,8 @@ def render(bench: Bench, *, command: str, elapsed: float) -> str:
         rss = "" if row.rss_mb is None else f"{row.rss_mb:.0f}"
         latency = (f"{row.p50:.1f}", f"{row.p99:.1f}") if row.p50 else ("", "")
         lines.append(
-            f"| {row.case} | {row.target} | {row.rate:,.0f} | {ratio} | {latency[0]} | "
+            f"| {row.case} | {row.target} | {row.rate:,.0f} | {ratio} | {row.cpu_ms:.2f} | "
+            f"{latency[0]} | "
             f"{latency[1]} | {row.errors} | {row.acknowledged:,} | {rows} | {rss} | "
             f"{row.target_note} | {row.note} |"
         )

@@ -466,7 +466,8 @@ async def _write(
     if incoming.stub:
         return
     if kind == "subscription":
-        await _replace_items(session, incoming.model, incoming.raw, source)
+        previous = _listed_children(row.raw, "items") if row is not None else None
+        await _replace_items(session, incoming.model, incoming.raw, source, previous=previous)
     elif kind == ENTITLEMENT_SUMMARY:
         await _replace_entitlements(session, incoming.model, incoming.raw, source)
 
@@ -479,6 +480,19 @@ def _children_raw(raw: dict[str, Any], key: str) -> dict[str, dict[str, Any]]:
         if isinstance(child, dict) and isinstance(child.get("id"), str):
             out[child["id"]] = child
     return out
+
+
+def _listed_children(raw: Any, key: str) -> set[str] | None:
+    """The ids of a stored object's complete child list, None unless it holds one (a raw
+    written some other way, or a list Stripe truncated)."""
+    container = raw.get(key) if isinstance(raw, dict) else None
+    if not isinstance(container, dict) or container.get("has_more") is not False:
+        return None
+    data = container.get("data")
+    if not isinstance(data, list):
+        return None
+    ids = {child.get("id") for child in data if isinstance(child, dict)}
+    return ids if all(isinstance(i, str) for i in ids) else None
 
 
 _ITEMS = table_of(tables.SubscriptionItem)
@@ -496,8 +510,16 @@ _ENTITLEMENTS_LEFT_OUT = delete(_ENTITLEMENTS).where(
 
 
 async def _replace_items(
-    session: AsyncSession, subscription: sm.Subscription, raw: dict[str, Any], source: Source
+    session: AsyncSession,
+    subscription: sm.Subscription,
+    raw: dict[str, Any],
+    source: Source,
+    *,
+    previous: set[str] | None,
 ) -> None:
+    """Upsert the payload's items and delete those it no longer lists. `previous`: the
+    item ids of the complete list last applied (the row's `raw`), which are the items
+    this subscription has in the mirror (only this function writes them)."""
     items_raw = _children_raw(raw, "items")
     rows: list[dict[str, Any]] = []
     for item in subscription.items.data:
@@ -524,6 +546,10 @@ async def _replace_items(
     # then removing what is missing would drop items that still exist.
     if not subscription.items.has_more:
         keep = [item.id for item in subscription.items.data]
+        if previous is not None and previous <= set(keep):
+            # Nothing the mirror holds was left out: the DELETE would find nothing (one
+            # round trip less on most updates).
+            return
         await session.execute(_ITEMS_LEFT_OUT, {"parent": subscription.id, "keep": keep})
 
 
