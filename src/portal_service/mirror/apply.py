@@ -491,8 +491,13 @@ def _listed_children(raw: Any, key: str) -> set[str] | None:
     data = container.get("data")
     if not isinstance(data, list):
         return None
-    ids = {child.get("id") for child in data if isinstance(child, dict)}
-    return ids if all(isinstance(i, str) for i in ids) else None
+    ids: set[str] = set()
+    for child in data:
+        child_id = child.get("id") if isinstance(child, dict) else None
+        if not isinstance(child_id, str):
+            return None
+        ids.add(child_id)
+    return ids
 
 
 _ITEMS = table_of(tables.SubscriptionItem)
