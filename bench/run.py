@@ -538,24 +538,25 @@ INSERT INTO stripe_events
 SELECT 'evt_hist' || g,
        CASE WHEN g % 3 = 0 THEN 'invoice.paid' ELSE 'customer.subscription.updated' END,
        '2026-10-28.endive',
-       now() - make_interval(secs => ($1 - g) * 5),
+       now() - make_interval(secs => ($1 - g) * (5184000.0 / $1)),
        false, '',
        jsonb_build_object(
            'id', 'evt_hist' || g, 'object', 'event', 'type', 'customer.subscription.updated',
-           'created', extract(epoch FROM now())::bigint - ($1 - g) * 5,
+           'created', extract(epoch FROM now())::bigint - (($1 - g) * (5184000.0 / $1))::bigint,
            'data', jsonb_build_object('object', jsonb_build_object(
                'id', 'sub_hist' || (g % 20000), 'object', 'subscription',
                'customer', 'cus_hist' || (g % 5000), 'status', 'active',
                'metadata', jsonb_build_object('plan', 'pro', 'seats', '1')))),
-       now() - make_interval(secs => ($1 - g) * 5),
+       now() - make_interval(secs => ($1 - g) * (5184000.0 / $1)),
        CASE WHEN g % 1000 = 0 THEN 'failed' ELSE 'processed' END,
-       1, NULL, now() - make_interval(secs => ($1 - g) * 5)
+       1, NULL, now() - make_interval(secs => ($1 - g) * (5184000.0 / $1))
 FROM generate_series(1, $1) AS g
 """
 
 
 def seed_history(url: str, count: int) -> float:
-    """`count` recorded events, spread over the last count * 5 s, written by one statement."""
+    """`count` recorded events spread over the last 60 days (1 in 1000 `failed`), written by
+    one statement."""
     import asyncio
 
     async def go() -> None:
@@ -736,8 +737,40 @@ class Bench:
             )
             now_row.rss_mb, hist_row.rss_mb = service.rss_mb(), with_history.rss_mb()
             self.rows += [now_row, hist_row]
+            self.rows.append(self.prune_under_load(with_history, url))
         finally:
             with_history.stop()
+
+    def prune_under_load(self, server: Server, url: str) -> Row:
+        """`portal-service prune --older-than 30` on the history while intake runs beside it."""
+        before = run_sql(url, "SELECT count(*) FROM stripe_events")
+        env = service_env(url)
+        started = time.perf_counter()
+        pruning = subprocess.Popen(  # noqa: S603 - our own command
+            [str(BIN / "portal-service"), "prune", "--older-than", "30"],
+            env={**os.environ, **env},
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        row = Row("POST /webhooks, 32 connections, during prune --older-than 30", "portal-service")
+        row.target_note = "prune never locks intake out"
+        runs = 0
+        while pruning.poll() is None or runs == 0:
+            row.runs.append(self.webhooks(server, url, "stripe_events", connections=32, warm=False))
+            runs += 1
+        output, _ = pruning.communicate(timeout=600)
+        seconds = time.perf_counter() - started
+        words = output.split()
+        deleted = int(words[1]) if len(words) > 1 and words[1].isdigit() else -1
+        row.rss_mb = server.rss_mb()
+        row.note = (
+            f"prune deleted {deleted:,} of {before:,} events in {seconds:.0f} s "
+            f"({deleted / seconds:,.0f}/s, batches of 1000, exit {pruning.returncode}); "
+            f"{runs} intake run(s) during it"
+        )
+        return row
 
     def workers(self, service: Server, service_url: str) -> None:
         two = start_service("service-2-workers", service_url, workers=2)
