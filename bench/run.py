@@ -1004,9 +1004,10 @@ def render(bench: Bench, *, command: str, elapsed: float) -> str:
             ratio = f"{row.rate / row.vs.rate:.2f}x"
         rows = "" if row.rows is None else f"{row.rows:,}"
         rss = "" if row.rss_mb is None else f"{row.rss_mb:.0f}"
+        cpu = f"{row.cpu_ms:.2f}" if row.cpu_ms else ""
         latency = (f"{row.p50:.1f}", f"{row.p99:.1f}") if row.p50 else ("", "")
         lines.append(
-            f"| {row.case} | {row.target} | {row.rate:,.0f} | {ratio} | {row.cpu_ms:.2f} | "
+            f"| {row.case} | {row.target} | {row.rate:,.0f} | {ratio} | {cpu} | "
             f"{latency[0]} | "
             f"{latency[1]} | {row.errors} | {row.acknowledged:,} | {rows} | {rss} | "
             f"{row.target_note} | {row.note} |"
