@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mirror.stripe_payloads import subscription
@@ -49,12 +49,29 @@ async def _terminate_other_backends(engine: AsyncEngine) -> set[int]:
     return killed
 
 
+async def _seen_closed(connections: list[Any]) -> bool:
+    """Whether asyncpg notices, within 10 s, that each connection was closed: a backend
+    leaves pg_stat_activity a moment before its socket is closed."""
+    for _ in range(1000):
+        if all(c.is_closed() for c in connections):
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
 class TestPoolRecovery:
     async def test_webhook_and_readyz_succeed_after_backends_are_terminated(
         self, engine: AsyncEngine, client_factory: Callable[..., Any]
     ) -> None:
         async with client_factory() as client:
+            app_engine: AsyncEngine = client.app.state.engine  # type: ignore[attr-defined]
+            returned: dict[int, Any] = {}
+
+            def checked_in(dbapi_connection: Any, _record: Any) -> None:
+                returned[id(dbapi_connection)] = dbapi_connection.driver_connection
+
             # Fill the app's pool with several connections, all idle afterwards.
+            event.listen(app_engine.sync_engine, "checkin", checked_in)
             first = await asyncio.gather(
                 *(
                     deliver(
@@ -69,12 +86,14 @@ class TestPoolRecovery:
             )
             assert [r.status_code for r in first] == [200] * 4
             assert (await client.get("/readyz")).status_code == 200
-            pool = client.app.state.engine.pool  # type: ignore[attr-defined]
-            pooled = pool.checkedin()
+            event.remove(app_engine.sync_engine, "checkin", checked_in)
+            pooled = app_engine.pool.checkedin()  # type: ignore[attr-defined]
             assert pooled >= 1
+            assert len(returned) >= pooled
 
             killed = await _terminate_other_backends(engine)
             assert len(killed) >= pooled
+            assert await _seen_closed(list(returned.values()))
 
             after = await deliver(
                 client,
@@ -106,5 +125,6 @@ class TestPoolRecovery:
                 raw = await connection.get_raw_connection()
                 driver = raw.driver_connection
                 assert driver is not None
+                assert not driver.is_closed()
                 await _terminate_other_backends(engine)
-                assert driver.is_closed()
+                assert await _seen_closed([driver])
