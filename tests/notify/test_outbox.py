@@ -3,6 +3,8 @@ real receiver on 127.0.0.1 that verifies each signature with the standardwebhook
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -195,6 +197,19 @@ class TestCoalescing:
         assert [r.seq for r in await notifications(engine)] == [1, 2]
 
 
+async def settled(client: Any, *, within: float = 20.0) -> None:
+    """Returns once no notification is pending any more, as the admin route lists them."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        pending = await client.get(
+            "/admin/notifications", params={"status": "pending"}, headers=admin_headers()
+        )
+        if pending.json()["data"] == []:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("notifications still pending")
+
+
 @pytest.mark.sqlite
 class TestAdminRoutes:
     async def test_list_by_status_with_cursor_and_replay(
@@ -208,6 +223,8 @@ class TestAdminRoutes:
                 await deliver(client, customer_created(f"cus_{n}"))
                 await deliver(client, subscribed(f"cus_{n}", f"sub_{n}", created=T0 + 1))
             await receiver.wait_for(3)
+            # The receiver answers before the loop commits `delivered`: wait for that commit.
+            await settled(client)
             first = await client.get(
                 "/admin/notifications", params={"limit": 2}, headers=admin_headers()
             )
