@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
 
-from portal_service.config import ConfigError, Settings, get_settings
+from portal_service.commands import build_sessionmaker, fail, load_settings
+from portal_service.config import Settings
 from portal_service.mirror.endpoints_cli import webhook_endpoint_app
 from portal_service.mirror.prune import prune
 from portal_service.mirror.reconcile_cli import reconcile
@@ -30,34 +30,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"portal-service: {message}", err=True)
-    return typer.Exit(code=2)
-
-
-def _settings(*, workers: int = 1) -> Settings:
-    try:
-        settings = get_settings()
-        settings.check(workers=workers)
-    except ConfigError as exc:
-        raise _fail(str(exc)) from None
-    except ValidationError as exc:
-        raise _fail(_invalid_settings(exc)) from None
-    except ValueError as exc:  # any other refusal still ends in one line, not a traceback
-        raise _fail("invalid settings: " + (str(exc).splitlines() or [""])[0]) from None
-    return settings
-
-
-def _invalid_settings(exc: ValidationError) -> str:
-    # One line naming the variable as the operator wrote it; never the value, which may be
-    # a secret (pydantic's own message quotes the input).
-    errors = exc.errors(include_input=False, include_url=False)
-    first = errors[0]
-    variable = str(first["loc"][0]).upper() if first["loc"] else "settings"
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"invalid {variable}: {first['msg']}{more}"
 
 
 @app.command()
@@ -85,7 +57,7 @@ def serve(
 
     from portal_service.ops.server import READ_TIMEOUT_ENV, GuardedHttpToolsProtocol
 
-    settings = _settings(workers=workers)
+    settings = load_settings(workers=workers)
     if settings.offline and settings.environment == "development":
         from portal_service.portal.demo import start_demo
 
@@ -118,11 +90,11 @@ def migrate(
     """Upgrade the database schema (DATABASE_URL) to the code's newest migration."""
     from portal_service import migrations
 
-    settings = _settings()
+    settings = load_settings()
     try:
         migrations.upgrade(settings.database_url, revision)
     except Exception as exc:  # a migration failure is one line, not a traceback, for ops
-        raise _fail(f"migration failed: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+        raise fail(f"migration failed: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
     typer.echo(f"database at {revision}")
 
 
@@ -162,8 +134,8 @@ def replay(
     from portal_service.mirror.tables import EVENT_STATUSES
 
     if status not in EVENT_STATUSES:
-        raise _fail(f"--status must be one of {', '.join(EVENT_STATUSES)}")
-    settings = _settings()
+        raise fail(f"--status must be one of {', '.join(EVENT_STATUSES)}")
+    settings = load_settings()
     summary = asyncio.run(_replay(settings, status=status, event_ids=event or [], limit=limit))
     counts = ", ".join(f"{name} {count}" for name, count in sorted(summary.results.items()))
     typer.echo(f"replayed {summary.results.total()} event(s)" + (f": {counts}" if counts else ""))
@@ -179,7 +151,7 @@ async def _replay(
     from rich.progress import Progress
 
     from portal_service.db import create_engine
-    from portal_service.main import build_gateway, build_sessionmaker
+    from portal_service.gateway.factory import build_gateway
     from portal_service.mirror.intake import EventProcessor
     from portal_service.mirror.replay import events_to_replay, replay_events
 

@@ -7,20 +7,19 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp
 
 from portal_service import __version__
 from portal_service.access.routes import router as access_router
 from portal_service.auth import JwksCache
+from portal_service.commands import build_sessionmaker
 from portal_service.config import Settings, get_settings
 from portal_service.db import create_engine, create_sessionmaker, for_reads
 from portal_service.errors import document_problems, install_error_handlers
 from portal_service.gateway import Gateway
-from portal_service.gateway.offline import OfflineGateway, development_settings
-from portal_service.gateway.stripe import StripeGateway
+from portal_service.gateway.factory import build_gateway
+from portal_service.gateway.offline import development_settings
 from portal_service.mirror.routes import router as mirror_router
-from portal_service.notify.outbox import outbox_sessionmaker
 from portal_service.notify.routes import router as notify_router
 from portal_service.notify.service import Notifier
 from portal_service.ops.limits import install_body_limit
@@ -51,21 +50,6 @@ class PortalApp(FastAPI):
         if not self.openapi_schema:
             self.openapi_schema = document_problems(super().openapi())
         return self.openapi_schema
-
-
-def build_gateway(settings: Settings, app: FastAPI | None = None) -> Gateway:
-    if settings.offline:
-        # With `app`, the stand-in delivers its events to that app's own /webhooks.
-        return OfflineGateway(
-            settings.database_url, api_version=settings.stripe_api_version, app=app
-        )
-    return StripeGateway(settings)
-
-
-def build_sessionmaker(engine: AsyncEngine, settings: Settings) -> async_sessionmaker[AsyncSession]:
-    """The read-write sessionmaker of the app and of the CLI commands that apply objects:
-    with NOTIFY_URL, its sessions write the access.changed outbox."""
-    return outbox_sessionmaker(engine, settings)
 
 
 def create_app(settings: Settings | None = None, *, gateway: Gateway | None = None) -> FastAPI:

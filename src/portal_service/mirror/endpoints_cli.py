@@ -35,14 +35,14 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _prepare(url: str) -> tuple[Settings, str]:
-    from portal_service.cli import _settings
+    from portal_service.commands import load_settings
     from portal_service.mirror.endpoints import check_url
 
     try:
         url = check_url(url)
     except ValueError as exc:
         raise _fail(str(exc)) from None
-    settings = _settings()
+    settings = load_settings()
     if settings.offline:
         raise _fail("offline mode (no STRIPE_API_KEY): webhook endpoints live in Stripe")
     return settings, url
@@ -50,7 +50,7 @@ def _prepare(url: str) -> tuple[Settings, str]:
 
 def _run(settings: Settings, action: Any) -> Any:
     from portal_service.errors import DomainError
-    from portal_service.main import build_gateway
+    from portal_service.gateway.factory import build_gateway
 
     async def run() -> Any:
         gateway = build_gateway(settings)

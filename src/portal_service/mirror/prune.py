@@ -94,9 +94,9 @@ def prune(
     ] = DEFAULT_BATCH_SIZE,
 ) -> None:
     """Delete old recorded webhook events, in batches that never hold intake up."""
-    from portal_service.cli import _settings
+    from portal_service.commands import load_settings
 
-    settings = _settings()
+    settings = load_settings()
     deleted = asyncio.run(_prune(settings.database_url, days=older_than, batch_size=batch_size))
     typer.echo(f"pruned {deleted} event(s) received more than {older_than} day(s) ago")
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from portal_service.commands import fail
 from portal_service.mirror.reconcile import RECONCILE_KINDS, parse_kinds
 
 if TYPE_CHECKING:
@@ -17,11 +18,6 @@ if TYPE_CHECKING:
 
 # Drift lines printed per kind; the counts in the table always cover everything.
 MAX_DETAILS = 20
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"portal-service: {message}", err=True)
-    return typer.Exit(code=2)
 
 
 def reconcile(
@@ -51,21 +47,21 @@ def reconcile(
     try:
         kinds = parse_kinds(only)
     except ValueError as exc:
-        raise _fail(f"--only: {exc}") from None
+        raise fail(f"--only: {exc}") from None
     if account is not None and not _is_account(account):
-        raise _fail("--account must be a Stripe account id (acct_...)")
-    from portal_service.cli import _settings
+        raise fail("--account must be a Stripe account id (acct_...)")
+    from portal_service.commands import load_settings
     from portal_service.errors import DomainError
 
-    settings = _settings()
+    settings = load_settings()
     if settings.offline:
-        raise _fail("reconcile needs STRIPE_API_KEY (offline mode has no Stripe to compare)")
+        raise fail("reconcile needs STRIPE_API_KEY (offline mode has no Stripe to compare)")
     try:
         reports = asyncio.run(
             _run(settings, kinds=kinds, sample=sample, fix=fix, account=account or "")
         )
     except DomainError as exc:
-        raise _fail(f"reconcile stopped: {exc.code}: {exc.detail}") from None
+        raise fail(f"reconcile stopped: {exc.code}: {exc.detail}") from None
     _print(reports, fix=fix)
     if any(report.drift for report in reports.values()):
         raise typer.Exit(code=1)
@@ -85,8 +81,9 @@ async def _run(
 ) -> dict[str, KindReport]:
     from rich.progress import Progress, TaskID
 
+    from portal_service.commands import build_sessionmaker
     from portal_service.db import create_engine
-    from portal_service.main import build_gateway, build_sessionmaker
+    from portal_service.gateway.factory import build_gateway
     from portal_service.mirror.reconcile import Reconciler
 
     engine = create_engine(settings.database_url)

@@ -9,15 +9,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from portal_service.commands import fail
 from portal_service.mirror.sync import SYNC_KINDS, SyncKind, parse_only, parse_since
 
 if TYPE_CHECKING:
     from portal_service.config import Settings
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"portal-service: {message}", err=True)
-    return typer.Exit(code=2)
 
 
 def sync(
@@ -69,23 +65,23 @@ def sync(
     try:
         kinds = parse_only(only)
     except ValueError as exc:
-        raise _fail(f"--only: {exc}") from None
+        raise fail(f"--only: {exc}") from None
     if prune and (since is not None or resume or events):
-        raise _fail("--prune needs whole lists: not with --since, --resume or --events")
+        raise fail("--prune needs whole lists: not with --since, --resume or --events")
     # 40: the account is part of a sync_state key (64 characters with the kind); Stripe's
     # account ids are about 21.
     if account is not None and not (
         account.startswith("acct_") and account[5:].isalnum() and len(account) <= 40
     ):
-        raise _fail("--account must be a Stripe account id (acct_...)")
+        raise fail("--account must be a Stripe account id (acct_...)")
     try:
         since_ts = parse_since(since) if since is not None else None
     except ValueError as exc:
-        raise _fail(f"--since: {exc}") from None
-    from portal_service.cli import _settings
+        raise fail(f"--since: {exc}") from None
+    from portal_service.commands import load_settings
     from portal_service.errors import DomainError
 
-    settings = _settings()
+    settings = load_settings()
     try:
         _run(
             settings,
@@ -151,8 +147,9 @@ async def sync_objects(
 ) -> Counter[tuple[str, str]]:
     from rich.progress import Progress, TaskID
 
+    from portal_service.commands import build_sessionmaker
     from portal_service.db import create_engine
-    from portal_service.main import build_gateway, build_sessionmaker
+    from portal_service.gateway.factory import build_gateway
     from portal_service.mirror.sync import run_sync
 
     engine = create_engine(settings.database_url)
@@ -180,8 +177,9 @@ async def sync_objects(
 async def sync_events(settings: Settings, *, account: str = "") -> Counter[str]:
     from rich.progress import Progress
 
+    from portal_service.commands import build_sessionmaker
     from portal_service.db import create_engine
-    from portal_service.main import build_gateway, build_sessionmaker
+    from portal_service.gateway.factory import build_gateway
     from portal_service.mirror.intake import EventProcessor
     from portal_service.mirror.sync import Syncer
 

@@ -21,6 +21,7 @@ import typer
 from fastapi import FastAPI
 
 from portal_service.access.facts import linked_customer
+from portal_service.commands import fail
 from portal_service.config import ConfigError, Settings
 from portal_service.gateway import offline_objects as sim
 from portal_service.gateway.offline import OfflineGateway
@@ -306,15 +307,15 @@ def demo_data(
 ) -> None:
     """Create the demo user's customer, subscription, card and invoices in offline mode
     (development only) and print the request that opens its portal."""
-    from portal_service.cli import _fail, _settings
+    from portal_service.commands import load_settings
 
-    settings = _settings()
+    settings = load_settings()
     try:
         settings, created = asyncio.run(
             run_demo(settings, service_url=service_url, reset=reset, only_if_empty=False)
         )
     except (DemoUnavailable, ConfigError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if created is None:
         typer.echo("demo data already present (use --reset to create it anew)")
     else:
