@@ -14,7 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from portal_service.access.facts import (
-    PLATFORM_ACCOUNT,
     subscription_facts,
     subscription_items,
     without_raw,
@@ -41,6 +40,7 @@ from portal_service.access.schemas import (
     PortalCapabilities,
 )
 from portal_service.mirror.tables import (
+    PLATFORM_ACCOUNT,
     Customer,
     Invoice,
     PaymentMethod,

@@ -32,6 +32,7 @@ from sqlmodel import col, func, select
 from portal_service.access.policy import ItemFacts, SubscriptionFacts
 from portal_service.db import UTCDateTime
 from portal_service.mirror.tables import (
+    PLATFORM_ACCOUNT,
     Customer,
     Entitlement,
     Invoice,
@@ -39,7 +40,6 @@ from portal_service.mirror.tables import (
     SubscriptionItem,
 )
 
-PLATFORM_ACCOUNT = ""
 UNPAID_INVOICE_STATUSES = ("open", "uncollectible")
 ENDED_STATUSES = ("canceled", "incomplete_expired")
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 from fastapi import Depends, Request
 
 from portal_service.errors import StripeError
+
+if TYPE_CHECKING:
+    from portal_service.gateway.offline import OfflineGateway
 
 ObjectKind = Literal[
     "customer",
@@ -82,6 +85,12 @@ class Gateway(Protocol):
 
     @property
     def offline(self) -> bool: ...
+
+    @property
+    def stand_in(self) -> OfflineGateway | None:
+        """The offline stand-in's own calls (its hosted pages, the demo's objects), when this
+        gateway is the stand-in; None with Stripe. Callers ask this instead of isinstance."""
+        ...
 
     async def create_customer(
         self, *, email: str | None, app_user_id: str, idempotency_key: str

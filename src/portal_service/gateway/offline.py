@@ -151,6 +151,10 @@ class OfflineGateway:
     def offline(self) -> bool:
         return True
 
+    @property
+    def stand_in(self) -> OfflineGateway:
+        return self
+
     def _sessions(self) -> async_sessionmaker[AsyncSession]:
         # Built on first use: the gateway may be created before the event loop runs.
         if self._sessionmaker is None:

@@ -73,6 +73,10 @@ class StripeGateway:
         return False
 
     @property
+    def stand_in(self) -> None:
+        return None
+
+    @property
     def client(self) -> stripe.StripeClient:
         return self._client
 

@@ -14,6 +14,9 @@ SQLModel.metadata.naming_convention = NAMING_CONVENTION
 
 EVENT_STATUSES = ("pending", "processed", "ignored", "failed")
 
+# The `account` of the platform's own objects; a connected account's rows carry its acct_ id.
+PLATFORM_ACCOUNT = ""
+
 
 class MirrorColumns(SQLModel):
     """Columns every mirrored Stripe object has: identity, mode, the ordering watermark."""

@@ -31,7 +31,6 @@ from sqlalchemy.orm import Session
 
 from portal_service.access.entitlements import entitlements_answer
 from portal_service.access.facts import (
-    PLATFORM_ACCOUNT,
     CustomerAccess,
     customer_access,
     customer_access_from_rows,
@@ -43,7 +42,7 @@ from portal_service.db import create_sessionmaker, utcnow
 from portal_service.mirror.apply import ENTITLEMENT_SUMMARY, table_of
 from portal_service.mirror.locks import lock_call, lock_key
 from portal_service.mirror.observers import APPLY_OBSERVER
-from portal_service.mirror.tables import Customer
+from portal_service.mirror.tables import PLATFORM_ACCOUNT, Customer
 from portal_service.notify.tables import Notification
 
 GIVE_UP_AFTER = timedelta(days=3)

@@ -16,14 +16,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, func, or_, select
 
-from portal_service.access.facts import PLATFORM_ACCOUNT, linked_customer
+from portal_service.access.facts import linked_customer
 from portal_service.db import utcnow
 from portal_service.errors import CustomerNotFound, DomainError, StripeError
 from portal_service.gateway import Fetched, Gateway, StripeObjectMissing
 from portal_service.mirror import stripe_models
 from portal_service.mirror.apply import PROJECTIONS, apply_fetched
 from portal_service.mirror.stripe_models import redact_session_urls
-from portal_service.mirror.tables import Customer
+from portal_service.mirror.tables import PLATFORM_ACCOUNT, Customer
 from portal_service.ops.logging import get_logger
 from portal_service.portal.schemas import CustomerLinkOut
 

@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from portal_service.access.facts import (
-    PLATFORM_ACCOUNT,
     subscription_facts,
     subscription_items,
 )
@@ -27,7 +26,7 @@ from portal_service.errors import InvalidRequest, PortalActionUnavailable, Subsc
 from portal_service.gateway import Gateway, StripeObjectMissing
 from portal_service.mirror import stripe_models
 from portal_service.mirror.apply import apply_fetched
-from portal_service.mirror.tables import Subscription, SubscriptionItem
+from portal_service.mirror.tables import PLATFORM_ACCOUNT, Subscription, SubscriptionItem
 from portal_service.ops.logging import get_logger
 from portal_service.portal.schemas import (
     SUBSCRIPTION_FLOWS,

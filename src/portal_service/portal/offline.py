@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from portal_service.gateway import Gateway
 from portal_service.gateway import offline_objects as sim
 from portal_service.gateway.offline import (
     FormRejected,
@@ -85,9 +86,9 @@ _FLOW_ACTIONS = {
 
 
 def _gateway(request: Request) -> OfflineGateway | None:
-    gateway = request.app.state.gateway
+    gateway: Gateway = request.app.state.gateway
     # The page exists only in offline mode: with Stripe connected, every link is unknown.
-    return gateway if isinstance(gateway, OfflineGateway) else None
+    return gateway.stand_in
 
 
 def _page(lang: str, title: str, body: str, *, status: int = 200) -> HTMLResponse:

@@ -21,7 +21,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from portal_service.access.facts import (
-    PLATFORM_ACCOUNT,
     customer_subscriptions,
     subscription_facts,
 )
@@ -41,7 +40,7 @@ from portal_service.errors import (
 from portal_service.gateway import Gateway, StripeIdempotencyConflict
 from portal_service.mirror import stripe_models
 from portal_service.mirror.stripe_models import redact_session_urls
-from portal_service.mirror.tables import PortalConfiguration, PortalSession
+from portal_service.mirror.tables import PLATFORM_ACCOUNT, PortalConfiguration, PortalSession
 from portal_service.ops.logging import get_logger
 from portal_service.ops.metrics import SESSIONS_CREATED
 from portal_service.portal.configs import CONFIGURATION_ID_PATTERN, PortalConfigFile, Selected
