@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from portal_service.mirror.signatures import InvalidSignatureError, _digest, sign, verify_signature
+from portal_service.gateway.signatures import InvalidSignatureError, _digest, sign, verify_signature
 from portal_service.portal.locales import PORTAL_LOCALES, resolve_locale
 from portal_service.portal.return_urls import ReturnUrlAllowlist
 

@@ -46,7 +46,7 @@ from portal_service.gateway.offline_tables import (
     OfflineSecret,
     OfflineSession,
 )
-from portal_service.mirror.signatures import sign
+from portal_service.gateway.signatures import sign
 from portal_service.ops.logging import get_logger
 
 if TYPE_CHECKING:

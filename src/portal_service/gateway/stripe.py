@@ -21,7 +21,7 @@ from portal_service.gateway.base import (
     StripeObjectMissing,
     active_entitlement_summary,
 )
-from portal_service.mirror.stripe_models import to_jsonable
+from portal_service.gateway.jsonable import to_jsonable
 from portal_service.ops.logging import get_logger
 from portal_service.ops.metrics import STRIPE_REQUESTS
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import decimal
-import enum
-import math
-import uuid
 from collections.abc import Mapping
 from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+# Re-exported: the mirror's callers convert payloads with it (it lives with the gateway).
+from portal_service.gateway.jsonable import to_jsonable as to_jsonable
 
 _PORTAL_SESSION = "billing_portal.session"
 
@@ -359,35 +358,3 @@ def _redact(value: Any) -> Any:
 def redact_session_urls(payload: dict[str, Any]) -> dict[str, Any]:
     redacted: dict[str, Any] = _redact(payload)
     return redacted
-
-
-def to_jsonable(obj: Any) -> Any:
-    if obj is None or isinstance(obj, str | bool | int):
-        return obj
-    if isinstance(obj, float):
-        # JSON has no NaN/Infinity and jsonb refuses them: fail loudly, not silently.
-        if not math.isfinite(obj):
-            raise ValueError(f"{obj!r} has no JSON form")
-        return obj
-    if isinstance(obj, decimal.Decimal):
-        # Stripe's JSON carries *_decimal fields as strings; "f" avoids 1E+3 forms.
-        if not obj.is_finite():
-            raise ValueError(f"{obj!r} has no JSON form")
-        return format(obj, "f")
-    if isinstance(obj, dt.datetime | dt.date | dt.time):
-        return obj.isoformat()
-    if isinstance(obj, uuid.UUID):
-        return str(obj)
-    if isinstance(obj, enum.Enum):
-        return to_jsonable(obj.value)
-    if isinstance(obj, BaseModel):
-        return obj.model_dump(mode="json")
-    if isinstance(obj, Mapping):
-        return {str(key): to_jsonable(value) for key, value in obj.items()}
-    if isinstance(obj, list | tuple | set | frozenset):
-        return [to_jsonable(item) for item in obj]
-    # StripeObject stopped being a dict in stripe 15; to_dict() is its documented dump.
-    to_dict = getattr(obj, "to_dict", None)
-    if callable(to_dict):
-        return to_jsonable(to_dict())
-    raise TypeError(f"{type(obj).__name__} has no JSON form")
