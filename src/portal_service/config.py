@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from functools import cached_property, lru_cache
+from collections.abc import Callable
+from functools import lru_cache
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -12,9 +13,6 @@ from fastapi import Depends, Request
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
-
-from portal_service.portal.configs import PortalConfigError, load_portal_config
-from portal_service.portal.return_urls import ReturnUrlAllowlist
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour)\s*$")
 _PERIOD_SECONDS = {"second": 1, "minute": 60, "hour": 3600}
@@ -159,11 +157,6 @@ class Settings(BaseSettings):
         assert match is not None  # noqa: S101 - checked by the validator
         return int(match.group(1)), _PERIOD_SECONDS[match.group(2)]
 
-    @cached_property
-    def return_url_allowlist(self) -> ReturnUrlAllowlist:
-        # Parsed once per Settings: POST /portal-sessions reads it on every request.
-        return ReturnUrlAllowlist.from_entries(self.portal_return_url_allowlist)
-
     def check(self, *, workers: int = 1) -> None:
         """Raise ConfigError with a one-line reason if the service must not start."""
         if self.auth_jwt_secret is not None and self.auth_jwks_url is not None:
@@ -172,20 +165,9 @@ class Settings(BaseSettings):
             raise ConfigError("AUTH_JWKS_URL needs AUTH_JWT_AUDIENCE and AUTH_JWT_ISSUER")
         if workers > 1 and self.is_sqlite:
             raise ConfigError("SQLite is single-process: --workers above 1 needs PostgreSQL")
-        try:
-            # Parsed here, not only on a portal request: a bad entry must stop the start.
-            allowlist = self.return_url_allowlist
-        except ValueError as exc:
-            raise ConfigError(f"PORTAL_RETURN_URL_ALLOWLIST: {exc}") from None
-        if self.portal_default_return_url is not None and not allowlist.allows(
-            self.portal_default_return_url
-        ):
-            raise ConfigError("PORTAL_DEFAULT_RETURN_URL is not in PORTAL_RETURN_URL_ALLOWLIST")
-        if self.portal_config_file is not None:
-            try:
-                load_portal_config(self.portal_config_file)
-            except PortalConfigError as exc:
-                raise ConfigError(str(exc)) from None
+        # The checks of packages above this one (portal/: the allowlist, PORTAL_CONFIG_FILE).
+        for package_check in STARTUP_CHECKS:
+            package_check(self)
         self._check_notify()
         if self.environment != "production":
             return
@@ -219,6 +201,21 @@ class Settings(BaseSettings):
             valid = False
         if not valid:
             raise ConfigError("NOTIFY_SECRET must be a Standard Webhooks secret: whsec_<base64>")
+
+
+StartupCheck = Callable[[Settings], None]
+"""Raises ConfigError when the settings a package reads must stop the start."""
+
+STARTUP_CHECKS: list[StartupCheck] = []
+"""The checks of the packages that own settings beyond plain values (portal/ registers the
+return URL allowlist and PORTAL_CONFIG_FILE on import): config.py imports no package above
+it, the packages add what only they can validate (ARCHITECTURE.md, "Rules of dependency")."""
+
+
+def register_startup_check(check: StartupCheck) -> StartupCheck:
+    if check not in STARTUP_CHECKS:
+        STARTUP_CHECKS.append(check)
+    return check
 
 
 @lru_cache

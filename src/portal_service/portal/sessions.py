@@ -53,6 +53,7 @@ from portal_service.portal.schemas import (
     PortalSessionRequest,
     RedirectAfterCompletion,
 )
+from portal_service.portal.startup import return_url_allowlist
 
 log = get_logger("portal_service.portal.sessions")
 
@@ -308,7 +309,7 @@ def _explicit_configuration(
 
 
 def _check_return_urls(body: PortalSessionRequest, settings: Settings) -> None:
-    allowlist = settings.return_url_allowlist
+    allowlist = return_url_allowlist(settings)
     if body.return_url is not None and not allowlist.allows(body.return_url):
         raise ReturnUrlNotAllowed(
             "return_url does not match any entry of PORTAL_RETURN_URL_ALLOWLIST."
