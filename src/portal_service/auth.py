@@ -14,6 +14,7 @@ import jwt
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from portal_service.app_state import app_state
 from portal_service.config import AppSettings, Settings
 from portal_service.errors import AuthUnavailable, Forbidden, Unauthenticated
 from portal_service.ops.logging import get_logger
@@ -199,7 +200,7 @@ def _api_key_caller(presented: str, settings: Settings) -> ApiKeyCaller | None:
 async def _end_user(
     request: Request, settings: Settings, credentials: HTTPAuthorizationCredentials
 ) -> EndUser:
-    claims = await _decode(credentials.credentials, settings, request.app.state.jwks)
+    claims = await _decode(credentials.credentials, settings, app_state(request).jwks)
     user_id = claims.get(settings.auth_user_claim)
     if not isinstance(user_id, str | int) or isinstance(user_id, bool) or str(user_id) == "":
         raise Unauthenticated(f"The token has no '{settings.auth_user_claim}' claim.")

@@ -14,6 +14,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
 
+from portal_service.app_state import app_state
+
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour)\s*$")
 _PERIOD_SECONDS = {"second": 1, "minute": 60, "hour": 3600}
 
@@ -226,8 +228,7 @@ def get_settings() -> Settings:
 async def _app_settings(request: Request) -> Settings:
     # async on purpose: FastAPI runs a plain `def` dependency in its thread pool, a thread
     # hop on every request for a dictionary lookup.
-    settings: Settings = request.app.state.settings
-    return settings
+    return app_state(request).settings
 
 
 AppSettings = Annotated[Settings, Depends(_app_settings)]

@@ -19,6 +19,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.types import TypeDecorator
 
+from portal_service.app_state import app_state
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -130,7 +132,7 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
 
 async def _session(request: Request) -> AsyncIterator[AsyncSession]:
     # Commits when the endpoint returns, before the response is sent (scope="function").
-    async with request.app.state.sessionmaker() as session:
+    async with app_state(request).sessionmaker() as session:
         try:
             yield session
             await session.commit()
@@ -140,7 +142,7 @@ async def _session(request: Request) -> AsyncIterator[AsyncSession]:
 
 
 async def _read_session(request: Request) -> AsyncIterator[AsyncSession]:
-    async with request.app.state.read_sessionmaker() as session:
+    async with app_state(request).read_sessionmaker() as session:
         try:
             yield session
         finally:

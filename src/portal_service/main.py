@@ -11,6 +11,7 @@ from starlette.types import ASGIApp
 
 from portal_service import __version__
 from portal_service.access.routes import router as access_router
+from portal_service.app_state import AppState, state_of
 from portal_service.auth import JwksCache
 from portal_service.commands import build_sessionmaker
 from portal_service.config import Settings, get_settings
@@ -41,6 +42,10 @@ customer's billing state. Errors are RFC 9457 `application/problem+json` with a 
 
 
 class PortalApp(FastAPI):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.state: AppState = AppState()  # typed: what create_app and the lifespan build
+
     def build_middleware_stack(self) -> ASGIApp:
         # Outside Starlette's ServerErrorMiddleware, so a 500 still gets a request id and
         # the security headers.
@@ -64,17 +69,18 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
         read_engine = (
             create_engine(settings.database_read_url) if settings.database_read_url else engine
         )
-        app.state.engine = engine
+        state = state_of(app)
+        state.engine = engine
         # With NOTIFY_URL, every read-write session writes the access.changed outbox.
-        app.state.sessionmaker = build_sessionmaker(engine, settings)
-        app.state.read_sessionmaker = create_sessionmaker(for_reads(read_engine))
-        app.state.gateway = gateway or build_gateway(settings, app)
-        app.state.jwks = JwksCache(settings.auth_jwks_url) if settings.auth_jwks_url else None
-        app.state.portal_config = (
+        state.sessionmaker = build_sessionmaker(engine, settings)
+        state.read_sessionmaker = create_sessionmaker(for_reads(read_engine))
+        state.gateway = gateway or build_gateway(settings, app)
+        state.jwks = JwksCache(settings.auth_jwks_url) if settings.auth_jwks_url else None
+        state.portal_config = (
             load_portal_config(settings.portal_config_file) if settings.portal_config_file else None
         )
-        notifier = Notifier(app.state.sessionmaker, settings) if settings.notify_url else None
-        app.state.notifier = notifier
+        notifier = Notifier(state.sessionmaker, settings) if settings.notify_url else None
+        state.notifier = notifier
         if notifier is not None:
             notifier.start()
         try:
@@ -82,7 +88,7 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
         finally:
             if notifier is not None:
                 await notifier.stop()
-            await app.state.gateway.aclose()
+            await state.gateway.aclose()
             if read_engine is not engine:
                 await read_engine.dispose()
             await engine.dispose()

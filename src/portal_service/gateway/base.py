@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 from fastapi import Depends, Request
 
+from portal_service.app_state import app_state
 from portal_service.errors import StripeError
 
 if TYPE_CHECKING:
@@ -156,8 +157,7 @@ class Gateway(Protocol):
 
 
 async def _gateway(request: Request) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
-    return gateway
+    return app_state(request).gateway
 
 
 GatewayDep = Annotated[Gateway, Depends(_gateway)]

@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlmodel import col, select
 
+from portal_service.app_state import state_of
 from portal_service.db import create_engine, create_sessionmaker, utcnow
 from portal_service.errors import StripeError
 from portal_service.gateway import offline_objects as sim
@@ -501,7 +502,7 @@ class OfflineGateway:
         app = self.app
         if app is None:
             return 0
-        secrets_ = app.state.settings.stripe_webhook_secrets
+        secrets_ = state_of(app).settings.stripe_webhook_secrets
         if not secrets_:
             log.warning("offline_events_not_delivered", reason="no STRIPE_WEBHOOK_SECRETS")
             return 0

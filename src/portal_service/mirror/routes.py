@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 
+from portal_service.app_state import app_state
 from portal_service.auth import AdminCaller
 from portal_service.config import AppSettings
 from portal_service.db import DbSession
@@ -44,7 +45,7 @@ async def _processor(
 ) -> EventProcessor:
     # Intake runs its own transactions (one per event, two around a Stripe re-fetch), so
     # it takes the sessionmaker rather than the request's session.
-    return EventProcessor.for_settings(request.app.state.sessionmaker, gateway, settings)
+    return EventProcessor.for_settings(app_state(request).sessionmaker, gateway, settings)
 
 
 Processor = Annotated[EventProcessor, Depends(_processor)]
@@ -156,7 +157,7 @@ async def admin_resync_customer(
     # Its own short transactions, one per page, each after its Stripe call returned: never
     # the request's session, which would be held across the calls.
     syncer = Syncer(
-        request.app.state.sessionmaker, gateway, livemode=settings.livemode, rate_limit_retries=0
+        app_state(request).sessionmaker, gateway, livemode=settings.livemode, rate_limit_retries=0
     )
     counts = await syncer.resync_customer(customer_id)
     return ResyncResult(customer_id=customer_id, **counts)

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import col
 
+from portal_service.app_state import app_state
 from portal_service.db import create_sessionmaker, for_reads, utcnow
 from portal_service.migrations import schema_state
 from portal_service.mirror.intake import awaiting_retry
@@ -56,7 +57,7 @@ async def healthz() -> Health:
 async def readyz(request: Request) -> JSONResponse:
     try:
         state = await asyncio.wait_for(
-            schema_state(request.app.state.engine), READY_TIMEOUT_SECONDS
+            schema_state(app_state(request).engine), READY_TIMEOUT_SECONDS
         )
         database = "ok"
     except (TimeoutError, SQLAlchemyError, OSError) as exc:
@@ -75,7 +76,7 @@ async def _refresh_event_gauges(request: Request) -> None:
     # Alerting gauges come from the database, so every replica and worker agrees.
     # The primary (a replica may lag), read-only: on SQLite a scrape must not queue for
     # the write lock behind a webhook being applied.
-    async with create_sessionmaker(for_reads(request.app.state.engine))() as session:
+    async with create_sessionmaker(for_reads(app_state(request).engine))() as session:
         # Events stuck `pending` past the in-flight window count as failed (DESIGN.md 4.3).
         failed = await session.scalar(
             select(func.count()).select_from(StripeEvent).where(awaiting_retry(utcnow()))
@@ -85,7 +86,7 @@ async def _refresh_event_gauges(request: Request) -> None:
                 col(StripeEvent.status).in_(("failed", "pending"))
             )
         )
-        if request.app.state.settings.notify_url is not None:
+        if app_state(request).settings.notify_url is not None:
             await refresh_notification_gauges(session)
     WEBHOOK_FAILED_EVENTS.set(failed or 0)
     WEBHOOK_OLDEST_PENDING_SECONDS.set(

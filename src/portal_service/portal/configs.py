@@ -48,6 +48,8 @@ from pydantic import (
     model_validator,
 )
 
+from portal_service.app_state import app_state
+
 if TYPE_CHECKING:
     # Only a type: config.py loads this module to check the file at start-up.
     pass
@@ -280,8 +282,7 @@ def load_portal_config(path: str | Path) -> PortalConfigFile:
 
 async def _app_portal_config(request: Request) -> PortalConfigFile | None:
     # Parsed once in the app's lifespan (main.py): no file I/O on a request.
-    config: PortalConfigFile | None = request.app.state.portal_config
-    return config
+    return app_state(request).portal_config
 
 
 PortalConfigDep = Annotated[PortalConfigFile | None, Depends(_app_portal_config)]

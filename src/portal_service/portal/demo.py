@@ -21,6 +21,7 @@ import typer
 from fastapi import FastAPI
 
 from portal_service.access.facts import linked_customer
+from portal_service.app_state import state_of
 from portal_service.commands import fail
 from portal_service.config import ConfigError, Settings
 from portal_service.gateway import offline_objects as sim
@@ -95,10 +96,10 @@ class DemoCustomer:
 async def seed(app: FastAPI, *, service_url: str, reset: bool = False) -> DemoCustomer | None:
     """Create the demo objects and deliver their events (the app's lifespan must run).
     None when the demo user already has a customer and `reset` is off."""
-    gateway = app.state.gateway.stand_in
+    gateway = state_of(app).gateway.stand_in
     if gateway is None:
         raise DemoUnavailable("demo data needs offline mode: unset STRIPE_API_KEY")
-    async with app.state.sessionmaker() as session:
+    async with state_of(app).sessionmaker() as session:
         current = await linked_customer(session, app_user_id=DEMO_USER, livemode=False)
     if current is not None and not reset:
         return None
@@ -192,7 +193,7 @@ async def seed(app: FastAPI, *, service_url: str, reset: bool = False) -> DemoCu
         )
     )
     await gateway.store(events)
-    async with app.state.sessionmaker() as session:
+    async with state_of(app).sessionmaker() as session:
         # The link a real app makes with PUT /users/{id}/customer: webhooks never set it.
         await link_customer(
             session, gateway, app_user_id=DEMO_USER, customer_id=customer["id"], livemode=False
@@ -281,7 +282,9 @@ async def run_demo(
     settings = await development_auth(settings)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        gateway: OfflineGateway = app.state.gateway
+        gateway = state_of(app).gateway.stand_in
+        if gateway is None:  # check_demo_allowed saw offline settings: a gateway was passed
+            raise DemoUnavailable("demo data needs offline mode: unset STRIPE_API_KEY")
         if only_if_empty and (await gateway.has_data() or await _mirror_has_data(app)):
             await gateway.deliver()
             return settings, None
@@ -293,7 +296,7 @@ async def _mirror_has_data(app: FastAPI) -> bool:
 
     from portal_service.mirror.tables import Customer
 
-    async with app.state.sessionmaker() as session:
+    async with state_of(app).sessionmaker() as session:
         return bool(await session.scalar(select(func.count()).select_from(Customer)))
 
 

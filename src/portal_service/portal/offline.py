@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from portal_service.gateway import Gateway
+from portal_service.app_state import app_state
 from portal_service.gateway import offline_objects as sim
 from portal_service.gateway.offline import (
     FormRejected,
@@ -86,7 +86,7 @@ _FLOW_ACTIONS = {
 
 
 def _gateway(request: Request) -> OfflineGateway | None:
-    gateway: Gateway = request.app.state.gateway
+    gateway = app_state(request).gateway
     # The page exists only in offline mode: with Stripe connected, every link is unknown.
     return gateway.stand_in
 

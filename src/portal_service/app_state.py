@@ -1,0 +1,46 @@
+"""AppState: what create_app and its lifespan build (settings, engines, sessionmakers, the
+gateway, the JWKS cache, the parsed PORTAL_CONFIG_FILE, the notifier), typed, on `app.state`.
+
+Every module reads it through `app_state(request)` or `state_of(app)` instead of untyped
+`app.state` keys. The attributes stay on Starlette's `State`, so `app.state.engine` still
+works where an app is only at hand (tests, bench). The types are imported only for the
+type checker: any layer may read the state without importing the layers that fill it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+from starlette.datastructures import State
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI, Request
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+    from portal_service.auth import JwksCache
+    from portal_service.config import Settings
+    from portal_service.gateway.base import Gateway
+    from portal_service.notify.service import Notifier
+    from portal_service.portal.configs import PortalConfigFile
+
+
+class AppState(State):
+    # Set by create_app, before any request.
+    settings: Settings
+    # Set by the lifespan.
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    """Read-write; with NOTIFY_URL its sessions write the access.changed outbox."""
+    read_sessionmaker: async_sessionmaker[AsyncSession]
+    """DATABASE_READ_URL's (or the primary's), read-only."""
+    gateway: Gateway
+    jwks: JwksCache | None
+    portal_config: PortalConfigFile | None
+    notifier: Notifier | None
+
+
+def state_of(app: FastAPI) -> AppState:
+    return cast("AppState", app.state)
+
+
+def app_state(request: Request) -> AppState:
+    return state_of(request.app)
