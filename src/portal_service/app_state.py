@@ -1,5 +1,6 @@
 """AppState: what create_app and its lifespan build (settings, engines, sessionmakers, the
-gateway, the JWKS cache, the parsed PORTAL_CONFIG_FILE, the notifier), typed, on `app.state`.
+gateway, the JWKS cache, the parsed PORTAL_CONFIG_FILE, the notifier, the tax-behavior
+cache), typed, on `app.state`.
 
 Every module reads it through `app_state(request)` or `state_of(app)` instead of untyped
 `app.state` keys. The attributes stay on Starlette's `State`, so `app.state.engine` still
@@ -21,11 +22,14 @@ if TYPE_CHECKING:
     from portal_service.gateway.base import Gateway
     from portal_service.notify.service import Notifier
     from portal_service.portal.configs import PortalConfigFile
+    from portal_service.portal.flows import TaxBehaviorCache
 
 
 class AppState(State):
     # Set by create_app, before any request.
     settings: Settings
+    tax_behavior_cache: TaxBehaviorCache
+    """Prices' tax behaviors, shared by the app's requests (portal/flows.py)."""
     # Set by the lifespan.
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]

@@ -29,6 +29,7 @@ from portal_service.ops.middleware import ProblemCORSMiddleware, RequestContextM
 from portal_service.ops.routes import router as ops_router
 from portal_service.ops.security_headers import SecurityHeadersMiddleware
 from portal_service.portal.configs import load_portal_config
+from portal_service.portal.flows import TaxBehaviorCache
 from portal_service.portal.routes import router as portal_router
 
 # The JSON bodies of the API are a few hundred bytes; webhooks have their own,
@@ -99,7 +100,8 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    app.state.settings = settings
+    state_of(app).settings = settings
+    state_of(app).tax_behavior_cache = TaxBehaviorCache()
     install_error_handlers(app)
     install_body_limit(app, max_bytes=JSON_MAX_BODY_BYTES, exempt_paths=("/webhooks",))
     if settings.cors_allow_origins:

@@ -8,11 +8,10 @@ chosen configuration's features decide whether the portal can do it.
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+from cachetools import TTLCache
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
@@ -22,6 +21,7 @@ from portal_service.access.facts import (
     subscription_items,
 )
 from portal_service.access.policy import ItemFacts, Refusal, SubscriptionFacts, flow_refusal
+from portal_service.app_state import app_state
 from portal_service.errors import InvalidRequest, PortalActionUnavailable, SubscriptionNotFound
 from portal_service.gateway import Gateway, StripeObjectMissing
 from portal_service.mirror import stripe_models
@@ -63,37 +63,20 @@ class TaxBehaviorCache:
     an unspecified behavior may still be set later, a settled one never changes."""
 
     def __init__(self, *, max_entries: int = 1024, ttl_seconds: float = 300.0) -> None:
-        self._max_entries = max_entries
-        self._ttl = ttl_seconds
-        self._entries: OrderedDict[tuple[bool, str], tuple[float, str]] = OrderedDict()
+        # cachetools' TTLCache: expiry on the monotonic clock, least recently used out first.
+        self._entries: TTLCache[tuple[bool, str], str] = TTLCache(
+            maxsize=max_entries, ttl=ttl_seconds
+        )
 
     def get(self, price_id: str, *, livemode: bool) -> str | None:
-        key = (livemode, price_id)
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        stored_at, value = entry
-        if time.monotonic() - stored_at > self._ttl:
-            del self._entries[key]
-            return None
-        self._entries.move_to_end(key)
-        return value
+        return self._entries.get((livemode, price_id))
 
     def put(self, price_id: str, tax_behavior: str, *, livemode: bool) -> None:
-        key = (livemode, price_id)
-        self._entries[key] = (time.monotonic(), tax_behavior)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
+        self._entries[(livemode, price_id)] = tax_behavior
 
 
 async def _app_tax_cache(request: Request) -> TaxBehaviorCache:
-    state = request.app.state
-    cache: TaxBehaviorCache | None = getattr(state, "portal_tax_behavior_cache", None)
-    if cache is None:
-        cache = TaxBehaviorCache()
-        state.portal_tax_behavior_cache = cache
-    return cache
+    return app_state(request).tax_behavior_cache
 
 
 TaxBehaviorCacheDep = Annotated[TaxBehaviorCache, Depends(_app_tax_cache)]
