@@ -1,4 +1,4 @@
-"""Settings from the environment (and `.env`), and the start-up refusals of DESIGN.md section 7."""
+"""Settings from the environment (and `.env`), and the start-up refusals (README.md, "Configuration")."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     rate_limit_portal_sessions: str = "10/minute"
     webhook_max_body_bytes: int = Field(default=1_048_576, ge=1024)
 
-    # Outbound access.changed notifications (DESIGN.md section 11): off without NOTIFY_URL.
+    # Outbound access.changed notifications (README.md, "Being told when access changes"): off without NOTIFY_URL.
     notify_url: str | None = None
     notify_secret: SecretStr | None = None
     notify_coalesce_seconds: float = Field(default=1.0, ge=0, le=3600)

@@ -60,7 +60,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
     # pysqlite/aiosqlite emit no BEGIN by themselves; take the write lock up front so two
-    # transactions never deadlock upgrading a read lock (DESIGN.md section 4 item 7).
+    # transactions never deadlock upgrading a read lock (ARCHITECTURE.md, "Webhook processing").
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None

@@ -1,5 +1,5 @@
 """Cursor pagination shared by every collection route: `?limit=` and `?cursor=` in,
-`{"data": [...], "next_cursor": ...}` out (DESIGN.md section 3).
+`{"data": [...], "next_cursor": ...}` out (README.md, "The API at a glance").
 
 Keyset, not offset: a page never repeats or skips a row when rows are added in between,
 and the cost of a page does not grow with its depth. The cursor is the sort key of the

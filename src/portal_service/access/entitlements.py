@@ -1,4 +1,4 @@
-"""The entitlements answer (DESIGN.md section 6) and its ETag, for apps that poll it.
+"""The entitlements answer (README.md, "Deciding access in your app") and its ETag, for apps that poll it.
 
 The ETag hashes the body without `evaluated_at`: it changes exactly when the answer does,
 including when an `access_until` passes and a product drops out with no event at all.
@@ -28,7 +28,7 @@ def evaluate_entitlements(
 ) -> Entitlements:
     """What `customer` may use at `now`.
 
-    Without a customer, the empty answer exactly as DESIGN.md section 6 spells it: no
+    Without a customer, the empty answer exactly as README.md, "Deciding access in your app", spells it: no
     `evaluated_at`, as nothing was evaluated.
     """
     if customer is None:

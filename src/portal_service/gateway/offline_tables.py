@@ -1,4 +1,4 @@
-"""The offline stand-in's own state (offline mode, DESIGN.md sections 9 and 11): what "Stripe"
+"""The offline stand-in's own state (README.md, "Offline mode"): what "Stripe"
 holds when there is no Stripe, kept in the database so it survives restarts and is shared
 by every process on one database.
 

@@ -303,7 +303,7 @@ def _domain_error(exc: stripe.StripeError, *, reads: bool) -> tuple[str, DomainE
     `reads`: a 404 resource_missing means the object read does not exist
     (StripeObjectMissing); on a write it is a refusal like any other 4xx.
 
-    Contract (DESIGN.md section 3): Stripe 4xx is 502 stripe_error with Stripe's request
+    Contract (README.md, "Errors"): Stripe 4xx is 502 stripe_error with Stripe's request
     id; network errors, timeouts and 5xx are 503 stripe_unavailable; a 429 is 503 too,
     with Retry-After.
     """

@@ -1,5 +1,5 @@
-"""Stripe's webhook endpoint for this service (`portal-service webhook-endpoint`, DESIGN.md
-section 11): what it must look like, what differs, and creating it.
+"""Stripe's webhook endpoint for this service (`portal-service webhook-endpoint`, README.md,
+"Pointing Stripe's webhooks at it"): what it must look like, what differs, and creating it.
 
 An endpoint on another API version than `STRIPE_API_VERSION` delivers payloads of another
 shape (columns left empty); one missing a handled type leaves the mirror stale; a disabled

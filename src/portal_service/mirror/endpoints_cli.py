@@ -1,4 +1,4 @@
-"""`portal-service webhook-endpoint check|create --url URL [--connect]` (DESIGN.md section 11).
+"""`portal-service webhook-endpoint check|create --url URL [--connect]` (README.md, "Pointing Stripe's webhooks at it").
 
 Exit codes: 0 the endpoint is as this service needs it (or was created), 1 a mismatch (a
 wrong API version, missing or extra event types, disabled, or no endpoint at the URL), 2 an

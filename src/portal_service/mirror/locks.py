@@ -1,5 +1,5 @@
 """The per-object lock every mirror write holds: one key per (account, object kind, id),
-taken whether or not the row exists yet (DESIGN.md section 4 item 3)."""
+taken whether or not the row exists yet (ARCHITECTURE.md, "Webhook processing")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`portal-service prune --older-than DAYS`: delete old recorded events so `stripe_events`
-does not grow without bound (DESIGN.md section 11). Registered on the CLI with
+does not grow without bound (README.md, "Command line"). Registered on the CLI with
 `app.command()(prune)`.
 
 Only `processed` and `ignored` events go; `failed` and `pending` ones are kept whatever

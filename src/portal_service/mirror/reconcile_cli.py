@@ -1,4 +1,4 @@
-"""`portal-service reconcile [--only KINDS] [--sample N] [--fix]` (DESIGN.md section 11):
+"""`portal-service reconcile [--only KINDS] [--sample N] [--fix]` (README.md, "Backfill and reconciliation"):
 a table of drift between the mirror and Stripe per kind; exit 1 on drift, 2 on an error.
 Registered on the CLI with `app.command()(reconcile)`."""
 

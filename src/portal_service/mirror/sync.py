@@ -1,4 +1,4 @@
-"""Backfill and reconciliation (DESIGN.md section 5): page through Stripe and apply what it
+"""Backfill and reconciliation (README.md, "Backfill and reconciliation"): page through Stripe and apply what it
 holds through the webhooks' upsert path (`apply_fetched`), so the ordering rules hold.
 
 Stripe is always asked outside any transaction: a page is fetched, then applied in one
@@ -233,7 +233,7 @@ class Syncer:
             self.results[kind, "tie" if outcome is Outcome.REFETCH else outcome.value] += 1
 
     async def _claim_app_user(self, session: AsyncSession, obj: dict[str, Any]) -> None:
-        """DESIGN.md section 2: sync (never a webhook) links the customer to the app user its
+        """ARCHITECTURE.md, "The data's path": sync (never a webhook) links the customer to the app user its
         metadata names, when the row has no user yet and no other live customer of the same
         mode and account holds that one."""
         metadata = obj.get("metadata")

@@ -1,5 +1,5 @@
 """`portal-service sync`: backfill the mirror from Stripe, or catch up from its Events API
-(DESIGN.md section 5). Registered on the CLI with `app.command()(sync)`."""
+(README.md, "Backfill and reconciliation"). Registered on the CLI with `app.command()(sync)`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The SQL mirror: one table per Stripe object kind, plus the event inbox (DESIGN.md section 2)."""
+"""The SQL mirror: one table per Stripe object kind, plus the event inbox (ARCHITECTURE.md, "The data's path")."""
 
 from __future__ import annotations
 

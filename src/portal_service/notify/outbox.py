@@ -1,5 +1,5 @@
 """The outbox: an `access.changed` row written in the transaction of the apply that changed
-a customer's entitlements answer (DESIGN.md sections 6 and 11).
+a customer's entitlements answer (README.md, "Being told when access changes").
 
 Two steps, so that one transaction writing many objects (a sync page) never deadlocks
 with a webhook for the same customer:
@@ -231,7 +231,7 @@ class Outbox:
         # Called after a commit that wrote a notification: the process's delivery loop
         # wakes at once instead of at its next poll.
         self.on_written: Callable[[], None] | None = None
-        # Invoices only move the answer through the past_due grace (DESIGN.md section 6).
+        # Invoices only move the answer through the past_due grace (README.md, "Deciding access in your app").
         self._kinds = {"customer", "subscription", ENTITLEMENT_SUMMARY}
         if config.policy.past_due_grace_days > 0:
             self._kinds.add("invoice")

@@ -48,7 +48,7 @@ async def admin_list_notifications(
 async def admin_replay_notification(
     _caller: AdminCaller,
     session: DbSession,
-    # `{id}` in the path, as DESIGN.md section 11 names it.
+    # `{id}` in the path, as README.md, "Being told when access changes", names it.
     notification_id: Annotated[str, Path(alias="id", max_length=64)],
 ) -> NotificationOut:
     return await replay_notification(session, notification_id)

@@ -1,5 +1,5 @@
 """The access_until scheduler: access ends at `access_until` (or when a past_due grace
-runs out) with no event at all (DESIGN.md section 6), and the app is told then, not at
+runs out) with no event at all (README.md, "Deciding access in your app"), and the app is told then, not at
 the next event.
 
 Leader-free: each replica ticks, but the clock row is taken `FOR UPDATE SKIP LOCKED`, so
@@ -42,7 +42,7 @@ _INVOICES = table_of(Invoice)
 
 
 def _passed(since: datetime, until: datetime, *, grace_days: int) -> Select[tuple[bool, str]]:
-    """Customers with a subscription whose access_until (DESIGN.md section 6) fell in
+    """Customers with a subscription whose access_until (README.md, "Deciding access in your app") fell in
     (since, until], or, with a past_due grace, whose grace ran out in it."""
     s = _SUBSCRIPTIONS.c
     ended = [

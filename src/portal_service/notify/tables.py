@@ -1,4 +1,4 @@
-"""The notification outbox and the scheduler's clock (DESIGN.md section 11)."""
+"""The notification outbox and the scheduler's clock (README.md, "Being told when access changes")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics (DESIGN.md section 7), aggregated across workers in multiprocess mode."""
+"""Prometheus metrics (README.md, "The API at a glance": GET /metrics), aggregated across workers in multiprocess mode."""
 
 from __future__ import annotations
 

@@ -77,7 +77,7 @@ async def _refresh_event_gauges(request: Request) -> None:
     # The primary (a replica may lag), read-only: on SQLite a scrape must not queue for
     # the write lock behind a webhook being applied.
     async with create_sessionmaker(for_reads(app_state(request).engine))() as session:
-        # Events stuck `pending` past the in-flight window count as failed (DESIGN.md 4.3).
+        # Events stuck `pending` past the in-flight window count as failed (ARCHITECTURE.md, "Webhook processing").
         failed = await session.scalar(
             select(func.count()).select_from(StripeEvent).where(awaiting_retry(utcnow()))
         )

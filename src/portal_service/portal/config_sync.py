@@ -1,4 +1,4 @@
-"""`portal-service portal-config diff|apply` (DESIGN.md section 8): the file's portal
+"""`portal-service portal-config diff|apply` (README.md, "Portal configurations as code"): the file's portal
 configurations against Stripe's for the key's mode, and the writes that make Stripe match.
 
 Only what the file declares is compared and sent: a field the file leaves out stays as

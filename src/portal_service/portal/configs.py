@@ -1,4 +1,4 @@
-"""The portal configuration file (PORTAL_CONFIG_FILE, DESIGN.md section 8): named
+"""The portal configuration file (PORTAL_CONFIG_FILE, README.md, "Portal configuration file"): named
 configurations with their `bpc_` id per mode, and the rules choosing one per customer.
 
 POST /portal-sessions only reads it (selection); `portal-service portal-config` writes

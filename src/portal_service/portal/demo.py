@@ -1,4 +1,4 @@
-"""Demo data for offline development (DESIGN.md section 11): app user `demo-user` with a
+"""Demo data for offline development (README.md, "Offline mode"): app user `demo-user` with a
 customer, an active subscription (one of two prices of a demo product, quantity 1), a card
 and two paid invoices, created in the offline stand-in and delivered to the mirror as
 Stripe's events; and the ready-to-paste request that opens its portal.

@@ -2,7 +2,7 @@
 encoded as Stripe's `flow_data`.
 
 A flow that names a subscription needs one of the caller's customer's subscriptions in
-this mode; the portal limitations of DESIGN.md section 6 (access/policy.py) and the
+this mode; the portal limitations (README.md, "Deciding access in your app"; access/policy.py) and the
 chosen configuration's features decide whether the portal can do it.
 """
 

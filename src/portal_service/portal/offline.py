@@ -1,4 +1,4 @@
-"""Offline mode's stand-in for Stripe's hosted portal (DESIGN.md sections 9 and 11): the page a
+"""Offline mode's stand-in for Stripe's hosted portal (README.md, "Offline mode"): the page a
 portal session URL opens when no STRIPE_API_KEY is set, and the actions it offers.
 
 Server-rendered HTML with plain forms (no script, so it works with JavaScript off). A form is
