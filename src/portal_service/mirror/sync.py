@@ -233,9 +233,9 @@ class Syncer:
             self.results[kind, "tie" if outcome is Outcome.REFETCH else outcome.value] += 1
 
     async def _claim_app_user(self, session: AsyncSession, obj: dict[str, Any]) -> None:
-        """ARCHITECTURE.md, "The data's path": sync (never a webhook) links the customer to the app user its
-        metadata names, when the row has no user yet and no other live customer of the same
-        mode and account holds that one."""
+        """Sync (never a webhook) links the customer to the app user its metadata names
+        (ARCHITECTURE.md, "The data's path"), when the row has no user yet and no other
+        live customer of the same mode and account holds that one."""
         metadata = obj.get("metadata")
         user = metadata.get("app_user_id") if isinstance(metadata, dict) else None
         if not isinstance(user, str) or not user or len(user) > _MAX_APP_USER_ID_LENGTH:

@@ -1,4 +1,5 @@
-"""Thin events (Stripe's event destinations, `object: "v2.core.event"`, README.md, "Pointing Stripe's webhooks at it").
+"""Thin events (Stripe's event destinations, `object: "v2.core.event"`; README.md, "Pointing
+Stripe's webhooks at it").
 
 A thin event names an object (`related_object`) instead of carrying it. It is recorded
 like any delivery, its object is fetched from Stripe outside any transaction, and the answer
