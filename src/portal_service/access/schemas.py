@@ -71,7 +71,7 @@ class PauseCollection(Schema):
 
 
 class PortalCapabilities(Schema):
-    """What the hosted customer portal can do to this subscription (README.md, "Deciding access in your app")."""
+    """What the hosted customer portal can do to this subscription."""
 
     can_update: bool
     can_cancel: bool
@@ -167,7 +167,7 @@ class EntitledProduct(Schema):
 
 
 class Entitlements(Schema):
-    """What a customer may use now (README.md, "Deciding access in your app")."""
+    """What a customer may use now."""
 
     customer_id: str | None = Field(description="Null when the user has no billing customer.")
     has_access: bool
