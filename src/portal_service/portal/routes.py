@@ -37,6 +37,7 @@ from portal_service.portal.customers import (
     unlink_customer,
 )
 from portal_service.portal.flows import TaxBehaviorCacheDep
+from portal_service.portal.idempotency import IDEMPOTENCY_KEY_PATTERN
 from portal_service.portal.offline import router as offline_router
 from portal_service.portal.schemas import (
     AppUserId,
@@ -45,7 +46,7 @@ from portal_service.portal.schemas import (
     PortalSessionOut,
     PortalSessionRequest,
 )
-from portal_service.portal.sessions import IDEMPOTENCY_KEY_PATTERN, create_portal_session
+from portal_service.portal.sessions import create_portal_session
 
 router = APIRouter()
 router.include_router(offline_router)

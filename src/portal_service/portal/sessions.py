@@ -9,28 +9,17 @@ then the session itself. Every Stripe call happens outside a database transactio
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col, select
 
-from portal_service.access.facts import (
-    customer_subscriptions,
-    subscription_facts,
-)
-from portal_service.access.policy import AccessPolicy, grants_access
 from portal_service.auth import ApiKeyCaller, EndUser
 from portal_service.config import Settings
 from portal_service.db import utcnow
 from portal_service.errors import (
     Forbidden,
-    IdempotencyKeyExpired,
     IdempotencyKeyReused,
     InvalidRequest,
     ReturnUrlNotAllowed,
@@ -40,12 +29,19 @@ from portal_service.errors import (
 from portal_service.gateway import Gateway, StripeIdempotencyConflict
 from portal_service.mirror import stripe_models
 from portal_service.mirror.stripe_models import redact_session_urls
-from portal_service.mirror.tables import PLATFORM_ACCOUNT, PortalConfiguration, PortalSession
+from portal_service.mirror.tables import PLATFORM_ACCOUNT, PortalSession
 from portal_service.ops.logging import get_logger
 from portal_service.ops.metrics import SESSIONS_CREATED
-from portal_service.portal.configs import CONFIGURATION_ID_PATTERN, PortalConfigFile, Selected
+from portal_service.portal.configs import PortalConfigFile
+from portal_service.portal.configuration_choice import (
+    configured_on_behalf_of,
+    explicit_configuration,
+    mirrored_configuration,
+    rule_configuration,
+)
 from portal_service.portal.customers import ResolvedCustomer, resolve_by_id, resolve_for_user
 from portal_service.portal.flows import TaxBehaviorCache, check_flow, flow_data
+from portal_service.portal.idempotency import IdempotencyKey, canonical_request, is_replay
 from portal_service.portal.locales import UnsupportedLocaleError, resolve_locale
 from portal_service.portal.ratelimit import check_rate_limit
 from portal_service.portal.schemas import (
@@ -56,10 +52,6 @@ from portal_service.portal.schemas import (
 from portal_service.portal.startup import return_url_allowlist
 
 log = get_logger("portal_service.portal.sessions")
-
-# An unused portal session lives 5 minutes: a replay after that would hand out a dead link.
-IDEMPOTENCY_WINDOW = timedelta(minutes=5)
-IDEMPOTENCY_KEY_PATTERN = r"^[A-Za-z0-9_-]{1,200}$"
 
 Caller = EndUser | ApiKeyCaller
 
@@ -85,29 +77,6 @@ class _SessionRecord:
     request_hash: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class IdempotencyKey:
-    stripe_key: str  # `<caller>:<key>`, what Stripe sees
-    key_hash: str
-    request_hash: str
-
-    @classmethod
-    def build(cls, *, caller: Caller, key: str, canonical_request: str) -> IdempotencyKey:
-        stripe_key = f"{caller.caller}:{key}"
-        return cls(
-            stripe_key=stripe_key,
-            key_hash=hashlib.sha256(stripe_key.encode()).hexdigest(),
-            request_hash=hashlib.sha256(canonical_request.encode()).hexdigest(),
-        )
-
-
-def canonical_request(body: PortalSessionRequest, *, locale: str) -> str:
-    """The validated request as canonical JSON: absent and null are the same, key order and
-    whitespace do not matter, and the negotiated locale counts as part of the request."""
-    document = {"request": body.model_dump(mode="json", exclude_none=True), "locale": locale}
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
 async def create_portal_session(
     session: AsyncSession,
     *,
@@ -125,7 +94,7 @@ async def create_portal_session(
     session pages are served there)."""
     livemode = settings.livemode
     _check_target(caller, body)
-    explicit = _explicit_configuration(
+    explicit = explicit_configuration(
         body.configuration, caller=caller, portal_config=portal_config, livemode=livemode
     )
     try:
@@ -143,7 +112,7 @@ async def create_portal_session(
         if idempotency_key is not None
         else None
     )
-    replay = idempotency is not None and await _is_replay(session, idempotency, now=utcnow())
+    replay = idempotency is not None and await is_replay(session, idempotency, now=utcnow())
 
     customer = await _resolve_customer(
         session, gateway, caller=caller, body=body, settings=settings
@@ -164,10 +133,10 @@ async def create_portal_session(
             window_seconds=window,
             now=utcnow(),
         )
-    selected = explicit or await _rule_configuration(
+    selected = explicit or await rule_configuration(
         session, portal_config, customer=customer, settings=settings
     )
-    configuration = await _mirrored_configuration(
+    configuration = await mirrored_configuration(
         session, selected.configuration_id if selected else None, livemode=livemode
     )
     return_url = (
@@ -196,7 +165,7 @@ async def create_portal_session(
         params["configuration"] = selected.configuration_id
     if body.flow is not None:
         params["flow_data"] = flow_data(body.flow)
-    on_behalf_of = body.on_behalf_of or _configured_on_behalf_of(portal_config, selected)
+    on_behalf_of = body.on_behalf_of or configured_on_behalf_of(portal_config, selected)
     if on_behalf_of is not None:
         params["on_behalf_of"] = on_behalf_of
 
@@ -254,16 +223,6 @@ async def create_portal_session(
     )
 
 
-def _configured_on_behalf_of(
-    portal_config: PortalConfigFile | None, selected: Selected | None
-) -> str | None:
-    """The Connect account the chosen configuration of the file acts for, if it names one."""
-    if portal_config is None or selected is None or selected.name is None:
-        return None
-    configuration = portal_config.configurations.get(selected.name)
-    return configuration.on_behalf_of if configuration is not None else None
-
-
 def _check_target(caller: Caller, body: PortalSessionRequest) -> None:
     if isinstance(caller, EndUser):
         if body.customer_id is not None or body.app_user_id is not None:
@@ -280,34 +239,6 @@ def _check_target(caller: Caller, body: PortalSessionRequest) -> None:
         raise InvalidRequest("An API-key caller gives exactly one of customer_id or app_user_id.")
 
 
-def _explicit_configuration(
-    value: str | None,
-    *,
-    caller: Caller,
-    portal_config: PortalConfigFile | None,
-    livemode: bool,
-) -> Selected | None:
-    if value is None:
-        return None
-    listed = portal_config.lookup(value, livemode=livemode) if portal_config else None
-    if listed is not None:
-        if listed.configuration_id is None:
-            mode = "live" if livemode else "test"
-            raise InvalidRequest(
-                f"configuration {value!r} has no {mode}-mode id in PORTAL_CONFIG_FILE yet "
-                "(run `portal-service portal-config apply`)."
-            )
-        return listed
-    if isinstance(caller, EndUser):
-        raise Forbidden("End users may only choose a configuration listed in PORTAL_CONFIG_FILE.")
-    # Stripe ids are ASCII letters, digits and underscores (not any Unicode letter).
-    if re.fullmatch(CONFIGURATION_ID_PATTERN, value):
-        return Selected(name=None, configuration_id=value)
-    raise InvalidRequest(
-        f"configuration {value!r} is neither a name in PORTAL_CONFIG_FILE nor a bpc_ id."
-    )
-
-
 def _check_return_urls(body: PortalSessionRequest, settings: Settings) -> None:
     allowlist = return_url_allowlist(settings)
     if body.return_url is not None and not allowlist.allows(body.return_url):
@@ -320,23 +251,6 @@ def _check_return_urls(body: PortalSessionRequest, settings: Settings) -> None:
             "flow.after_completion.return_url does not match any entry of "
             "PORTAL_RETURN_URL_ALLOWLIST."
         )
-
-
-async def _is_replay(session: AsyncSession, key: IdempotencyKey, *, now: datetime) -> bool:
-    result = await session.execute(
-        select(PortalSession.created, PortalSession.request_hash).where(
-            col(PortalSession.idempotency_key_hash) == key.key_hash
-        )
-    )
-    prior = result.first()
-    if prior is None:
-        return False
-    created, request_hash = prior
-    if now - created > IDEMPOTENCY_WINDOW:
-        raise IdempotencyKeyExpired()
-    if request_hash != key.request_hash:
-        raise IdempotencyKeyReused()
-    return True
 
 
 async def _resolve_customer(
@@ -369,55 +283,6 @@ async def _resolve_customer(
     return await resolve_by_id(
         session, gateway, customer_id=body.customer_id, livemode=settings.livemode
     )
-
-
-async def _rule_configuration(
-    session: AsyncSession,
-    portal_config: PortalConfigFile | None,
-    *,
-    customer: ResolvedCustomer,
-    settings: Settings,
-) -> Selected | None:
-    if portal_config is None or not portal_config.rules:
-        return None
-    subscriptions = await customer_subscriptions(session, customer.id, livemode=settings.livemode)
-    facts = await subscription_facts(session, subscriptions)
-    policy = AccessPolicy(
-        past_due_grace_days=settings.access_past_due_grace_days,
-        access_during_paused_collection=settings.access_during_paused_collection,
-    )
-    now = utcnow()
-    # "Active product": one the customer has access to now, by the same policy as /me/*.
-    products = {
-        item.product_id
-        for sub in facts.values()
-        if grants_access(sub, policy=policy, now=now)
-        for item in sub.items
-        if item.product_id is not None
-    }
-    return portal_config.select(
-        livemode=settings.livemode, active_products=products, metadata=customer.metadata
-    )
-
-
-async def _mirrored_configuration(
-    session: AsyncSession, configuration_id: str | None, *, livemode: bool
-) -> PortalConfiguration | None:
-    """The chosen configuration as mirrored, or the mode's default when none is chosen."""
-    query = select(PortalConfiguration).where(
-        col(PortalConfiguration.livemode) == livemode,
-        col(PortalConfiguration.account) == PLATFORM_ACCOUNT,
-        col(PortalConfiguration.deleted).is_(False),
-    )
-    if configuration_id is not None:
-        query = query.where(col(PortalConfiguration.id) == configuration_id)
-    else:
-        query = query.where(
-            col(PortalConfiguration.is_default).is_(True),
-            col(PortalConfiguration.active).is_(True),
-        )
-    result = await session.execute(query.limit(1))
-    return result.scalars().first()
 
 
 async def _record(
