@@ -20,6 +20,7 @@ from portal_service.errors import document_problems, install_error_handlers
 from portal_service.gateway import Gateway
 from portal_service.gateway.factory import build_gateway
 from portal_service.gateway.offline import development_settings
+from portal_service.mirror.adoption import mirrored_objects
 from portal_service.mirror.routes import router as mirror_router
 from portal_service.notify.routes import router as notify_router
 from portal_service.notify.service import Notifier
@@ -75,7 +76,7 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
         # With NOTIFY_URL, every read-write session writes the access.changed outbox.
         state.sessionmaker = build_sessionmaker(engine, settings)
         state.read_sessionmaker = create_sessionmaker(for_reads(read_engine))
-        state.gateway = gateway or build_gateway(settings, app)
+        state.gateway = gateway or build_gateway(settings, app, mirrored=mirrored_objects)
         state.jwks = JwksCache(settings.auth_jwks_url) if settings.auth_jwks_url else None
         state.portal_config = (
             load_portal_config(settings.portal_config_file) if settings.portal_config_file else None

@@ -27,7 +27,7 @@ from portal_service.portal.demo import (
     DemoCustomer,
     seed,
 )
-from support import admin_headers, backend_headers, user_headers
+from support import admin_headers, backend_headers, deliver, make_event, user_headers
 
 SERVED_AT = "http://billing.internal.test:9000"
 ORIGIN = "http://testserver"
@@ -568,6 +568,30 @@ class TestOfflineSessions:
         assert page.headers["referrer-policy"] == "same-origin"
         assert "ada@example.com" in page.text
         assert "No subscriptions." in page.text
+
+    async def test_a_customer_only_the_mirror_holds_is_taken_over_by_the_stand_in(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        # Its events were signed and posted by hand: the stand-in never created it.
+        customer = {
+            "id": "cus_by_hand",
+            "object": "customer",
+            "email": "grace@example.com",
+            "livemode": False,
+            "metadata": {},
+        }
+        delivered = await deliver(client, make_event("customer.created", customer))
+        assert delivered.status_code == 200, delivered.text
+
+        created = await client.post(
+            "/portal-sessions", headers=backend_headers(), json={"customer_id": "cus_by_hand"}
+        )
+
+        assert created.status_code == 201, created.text
+        assert created.json()["customer_id"] == "cus_by_hand"
+        page = await client.get(created.json()["url"])
+        assert page.status_code == 200
+        assert "grace@example.com" in page.text
 
     async def test_the_link_points_at_the_host_and_port_that_served_the_request(
         self, client: httpx.AsyncClient

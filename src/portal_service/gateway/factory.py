@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from portal_service.gateway.base import Gateway
-from portal_service.gateway.offline import OfflineGateway
+from portal_service.gateway.offline import MirroredObjects, OfflineGateway
 from portal_service.gateway.stripe import StripeGateway
 
 if TYPE_CHECKING:
@@ -14,10 +14,16 @@ if TYPE_CHECKING:
     from portal_service.config import Settings
 
 
-def build_gateway(settings: Settings, app: FastAPI | None = None) -> Gateway:
+def build_gateway(
+    settings: Settings, app: FastAPI | None = None, *, mirrored: MirroredObjects | None = None
+) -> Gateway:
     if settings.offline:
-        # With `app`, the stand-in delivers its events to that app's own /webhooks.
+        # With `app`, the stand-in delivers its events to that app's own /webhooks; with
+        # `mirrored`, it takes over customers the mirror holds and it does not.
         return OfflineGateway(
-            settings.database_url, api_version=settings.stripe_api_version, app=app
+            settings.database_url,
+            api_version=settings.stripe_api_version,
+            app=app,
+            mirrored=mirrored,
         )
     return StripeGateway(settings)
