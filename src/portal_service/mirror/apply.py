@@ -110,7 +110,7 @@ def object_id_of(kind: MirrorKind, obj: Mapping[str, Any]) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class _Incoming:
+class Incoming:
     model: Any
     action: Action
     raw: dict[str, Any]
@@ -272,7 +272,7 @@ PROJECTIONS: dict[MirrorKind, _Projection] = {
 
 
 @dataclass(frozen=True, slots=True)
-class _RowState:
+class RowState:
     source_ts: datetime | None
     source_event_id: str | None
     deleted: bool
@@ -293,9 +293,7 @@ def _rank(kind: MirrorKind, status: str | None, deleted: bool) -> int | None:
     return 1 if _is_final(kind, status, deleted) else 0
 
 
-def _decide(
-    kind: MirrorKind, row: _RowState | None, incoming: _Incoming, source: Source
-) -> Outcome:
+def _decide(kind: MirrorKind, row: RowState | None, incoming: Incoming, source: Source) -> Outcome:
     if row is None:
         return Outcome.APPLIED
     row_final = _is_final(kind, row.status, row.deleted)
@@ -334,7 +332,7 @@ def _decide(
     return Outcome.REFETCH
 
 
-def _incoming(kind: MirrorKind, obj: dict[str, Any], action: Action) -> _Incoming:
+def parse_incoming(kind: MirrorKind, obj: dict[str, Any], action: Action) -> Incoming:
     projection = PROJECTIONS[kind]
     model = projection.parse(obj)
     deleted = action == "delete" or bool(getattr(model, "deleted", False))
@@ -342,7 +340,7 @@ def _incoming(kind: MirrorKind, obj: dict[str, Any], action: Action) -> _Incomin
     if kind == "billing_portal.session" and "url" in raw:
         # Known to be a session even if the object forgot its `object` key.
         raw = {key: value for key, value in raw.items() if key != "url"}
-    return _Incoming(
+    return Incoming(
         model=model,
         action="delete" if deleted else action,
         raw=raw,
@@ -353,7 +351,7 @@ def _incoming(kind: MirrorKind, obj: dict[str, Any], action: Action) -> _Incomin
 
 
 @functools.cache
-def _row_query(kind: MirrorKind) -> Select[Any]:
+def row_query(kind: MirrorKind) -> Select[Any]:
     # Built once per kind: constructing and cache-keying a statement costs more CPU than
     # the round trip it makes (bench/README.md).
     table = PROJECTIONS[kind].table
@@ -363,12 +361,12 @@ def _row_query(kind: MirrorKind) -> Select[Any]:
     return select(*columns).where(table.c.id == bindparam("object_id"))
 
 
-async def _current_row(session: AsyncSession, kind: MirrorKind, object_id: str) -> _RowState | None:
-    result = await session.execute(_row_query(kind), {"object_id": object_id})
+async def _current_row(session: AsyncSession, kind: MirrorKind, object_id: str) -> RowState | None:
+    result = await session.execute(row_query(kind), {"object_id": object_id})
     row = result.one_or_none()
     if row is None:
         return None
-    return _RowState(
+    return RowState(
         source_ts=row.source_ts,
         source_event_id=row.source_event_id,
         deleted=row.deleted,
@@ -401,6 +399,26 @@ def _upsert_statement(
     return statement.on_conflict_do_update(index_elements=["id"], set_=updates)
 
 
+def upsert_batches(
+    rows: list[dict[str, Any]],
+) -> list[tuple[tuple[str, ...], list[dict[str, Any]]]]:
+    """Rows grouped by column set, one statement execution each (executemany, which
+    asyncpg pipelines into one round trip)."""
+    # One row per id (the last one wins, as one statement per row did): a batch naming an
+    # id twice is an error for ON CONFLICT DO UPDATE.
+    unique = {values["id"]: values for values in rows}
+    batches: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for values in unique.values():
+        batches.setdefault(tuple(sorted(values)), []).append(values)
+    return list(batches.items())
+
+
+def upsert_statement(
+    dialect: str, table: Table, columns: tuple[str, ...], insert_only: frozenset[str]
+) -> Executable:
+    return _upsert_statement(dialect, table, columns, insert_only)
+
+
 async def _upsert(
     session: AsyncSession,
     table: Table,
@@ -408,16 +426,8 @@ async def _upsert(
     *,
     insert_only: frozenset[str] = frozenset(),
 ) -> None:
-    """Upsert rows: one statement execution per distinct column set (executemany, which
-    asyncpg pipelines into one round trip)."""
     dialect = session.get_bind().dialect.name
-    # One row per id (the last one wins, as one statement per row did): a batch naming an
-    # id twice is an error for ON CONFLICT DO UPDATE.
-    unique = {values["id"]: values for values in rows}
-    batches: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for values in unique.values():
-        batches.setdefault(tuple(sorted(values)), []).append(values)
-    for columns, batch in batches.items():
+    for columns, batch in upsert_batches(rows):
         statement = _upsert_statement(dialect, table, columns, insert_only)
         await session.execute(statement, batch[0] if len(batch) == 1 else batch)
 
@@ -439,15 +449,39 @@ def _common(
     return values
 
 
-async def _write(
-    session: AsyncSession,
+@dataclass(frozen=True, slots=True)
+class Upsert:
+    table: Table
+    rows: list[dict[str, Any]]
+    insert_only: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class LeftOut:
+    """Children the payload no longer lists: `statement` (ITEMS_LEFT_OUT or
+    ENTITLEMENTS_LEFT_OUT) with its parameters."""
+
+    statement: Executable
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class WritePlan:
+    """The statements of one applied object, in order: whoever runs them (the session, or
+    the PostgreSQL intake's asyncpg path) writes the same rows."""
+
+    upserts: list[Upsert]
+    left_out: LeftOut | None = None
+
+
+def plan_write(
     kind: MirrorKind,
     object_id: str,
-    incoming: _Incoming,
+    incoming: Incoming,
     source: Source,
     *,
-    row: _RowState | None,
-) -> None:
+    row: RowState | None,
+) -> WritePlan:
     projection = PROJECTIONS[kind]
     # The tombstone flag is sticky: nothing brings a deleted object back.
     deleted = incoming.deleted or (row is not None and row.deleted)
@@ -462,14 +496,24 @@ async def _write(
     if kind == "customer" and deleted:
         # customer.deleted unlinks the app user (they get a new customer next time).
         values["app_user_id"] = None
-    await _upsert(session, projection.table, [values], insert_only=projection.insert_only)
+    parent = Upsert(projection.table, [values], insert_only=projection.insert_only)
     if incoming.stub:
-        return
+        return WritePlan([parent])
     if kind == "subscription":
         previous = _listed_children(row.raw, "items") if row is not None else None
-        await _replace_items(session, incoming.model, incoming.raw, source, previous=previous)
-    elif kind == ENTITLEMENT_SUMMARY:
-        await _replace_entitlements(session, incoming.model, incoming.raw, source)
+        items, left_out = _replace_items(incoming.model, incoming.raw, source, previous=previous)
+        return WritePlan([parent, items], left_out)
+    if kind == ENTITLEMENT_SUMMARY:
+        entitlements, left_out = _replace_entitlements(incoming.model, incoming.raw, source)
+        return WritePlan([parent, entitlements], left_out)
+    return WritePlan([parent])
+
+
+async def _write(session: AsyncSession, plan: WritePlan) -> None:
+    for upsert in plan.upserts:
+        await _upsert(session, upsert.table, upsert.rows, insert_only=upsert.insert_only)
+    if plan.left_out is not None:
+        await session.execute(plan.left_out.statement, plan.left_out.params)
 
 
 def _children_raw(raw: dict[str, Any], key: str) -> dict[str, dict[str, Any]]:
@@ -500,28 +544,27 @@ def _listed_children(raw: Any, key: str) -> set[str] | None:
     return ids
 
 
-_ITEMS = table_of(tables.SubscriptionItem)
-_ITEMS_LEFT_OUT = delete(_ITEMS).where(
-    _ITEMS.c.subscription_id == bindparam("parent"),
-    _ITEMS.c.id.not_in(bindparam("keep", expanding=True)),
+ITEMS = table_of(tables.SubscriptionItem)
+ITEMS_LEFT_OUT = delete(ITEMS).where(
+    ITEMS.c.subscription_id == bindparam("parent"),
+    ITEMS.c.id.not_in(bindparam("keep", expanding=True)),
 )
-_ENTITLEMENTS = table_of(tables.Entitlement)
-_ENTITLEMENTS_LEFT_OUT = delete(_ENTITLEMENTS).where(
-    _ENTITLEMENTS.c.customer_id == bindparam("parent"),
-    _ENTITLEMENTS.c.account == bindparam("account"),
-    _ENTITLEMENTS.c.id.not_in(bindparam("keep", expanding=True)),
+ENTITLEMENTS = table_of(tables.Entitlement)
+ENTITLEMENTS_LEFT_OUT = delete(ENTITLEMENTS).where(
+    ENTITLEMENTS.c.customer_id == bindparam("parent"),
+    ENTITLEMENTS.c.account == bindparam("account"),
+    ENTITLEMENTS.c.id.not_in(bindparam("keep", expanding=True)),
 )
 """Children a payload no longer lists: deleted when the payload holds the whole set."""
 
 
-async def _replace_items(
-    session: AsyncSession,
+def _replace_items(
     subscription: sm.Subscription,
     raw: dict[str, Any],
     source: Source,
     *,
     previous: set[str] | None,
-) -> None:
+) -> tuple[Upsert, LeftOut | None]:
     """Upsert the payload's items and delete those it no longer lists. `previous`: the
     item ids of the complete list last applied (the row's `raw`), which are the items
     this subscription has in the mirror (only this function writes them)."""
@@ -546,7 +589,7 @@ async def _replace_items(
         if item.created is not None:
             values["stripe_created"] = item.created
         rows.append(values)
-    await _upsert(session, _ITEMS, rows)
+    upsert = Upsert(ITEMS, rows)
     # The payload's item list is the whole set unless Stripe truncated it (has_more):
     # then removing what is missing would drop items that still exist.
     if not subscription.items.has_more:
@@ -554,16 +597,16 @@ async def _replace_items(
         if previous is not None and previous <= set(keep):
             # Nothing the mirror holds was left out: the DELETE would find nothing (one
             # round trip less on most updates).
-            return
-        await session.execute(_ITEMS_LEFT_OUT, {"parent": subscription.id, "keep": keep})
+            return upsert, None
+        return upsert, LeftOut(ITEMS_LEFT_OUT, {"parent": subscription.id, "keep": keep})
+    return upsert, None
 
 
-async def _replace_entitlements(
-    session: AsyncSession,
+def _replace_entitlements(
     summary: sm.ActiveEntitlementSummary,
     raw: dict[str, Any],
     source: Source,
-) -> None:
+) -> tuple[Upsert, LeftOut | None]:
     entitlements_raw = _children_raw(raw, "entitlements")
     rows: list[dict[str, Any]] = []
     for entitlement in summary.entitlements.data:
@@ -576,16 +619,15 @@ async def _replace_entitlements(
             lookup_key=entitlement.lookup_key,
         )
         rows.append(values)
-    await _upsert(session, _ENTITLEMENTS, rows)
+    upsert = Upsert(ENTITLEMENTS, rows)
     if not summary.entitlements.has_more:
         keep = [entitlement.id for entitlement in summary.entitlements.data]
-        await session.execute(
-            _ENTITLEMENTS_LEFT_OUT,
-            {"parent": summary.customer, "account": source.account, "keep": keep},
-        )
+        params = {"parent": summary.customer, "account": source.account, "keep": keep}
+        return upsert, LeftOut(ENTITLEMENTS_LEFT_OUT, params)
+    return upsert, None
 
 
-def _cut_short(kind: MirrorKind, incoming: _Incoming, source: Source) -> bool:
+def _cut_short(kind: MirrorKind, incoming: Incoming, source: Source) -> bool:
     """An event whose child list Stripe cut at one page (`has_more`): the whole set is
     fetched instead (the gateway pages through it), so a set is never left half-replaced.
     Without Stripe to ask, the page is applied as it is (nothing it lacks is removed)."""
@@ -596,6 +638,14 @@ def _cut_short(kind: MirrorKind, incoming: _Incoming, source: Source) -> bool:
     if kind == ENTITLEMENT_SUMMARY:
         return bool(incoming.model.entitlements.has_more)
     return False
+
+
+def decide(kind: MirrorKind, row: RowState | None, incoming: Incoming, source: Source) -> Outcome:
+    """The watermark rule (DESIGN.md section 4 item 4), pure: every writer decides here."""
+    outcome = _decide(kind, row, incoming, source)
+    if outcome is Outcome.APPLIED and _cut_short(kind, incoming, source):
+        return Outcome.REFETCH
+    return outcome
 
 
 async def apply_object(
@@ -612,11 +662,9 @@ async def apply_object(
     (`lock_object(session, account=..., kind=kind, object_id=object_id_of(kind, obj))`) and
     owns the transaction. REFETCH writes nothing: ask Stripe, then `apply_fetched`."""
     object_id = object_id_of(kind, obj)
-    incoming = _incoming(kind, obj, action)
+    incoming = parse_incoming(kind, obj, action)
     row = await _current_row(session, kind, object_id)
-    outcome = _decide(kind, row, incoming, source)
-    if outcome is Outcome.APPLIED and _cut_short(kind, incoming, source):
-        return Outcome.REFETCH
+    outcome = decide(kind, row, incoming, source)
     if outcome is Outcome.APPLIED:
         # Issue 12: the outbox of access.changed, when one is installed (observers.py).
         observer = observer_of(session)
@@ -630,7 +678,7 @@ async def apply_object(
                 before=row.raw if row is not None and isinstance(row.raw, dict) else None,
                 after=incoming.raw,
             )
-        await _write(session, kind, object_id, incoming, source, row=row)
+        await _write(session, plan_write(kind, object_id, incoming, source, row=row))
     return outcome
 
 

@@ -53,9 +53,11 @@ from portal_service.mirror.apply import (
     apply_answer,
     apply_object,
     object_id_of,
+    parse_incoming,
     table_of,
     watermark,
 )
+from portal_service.mirror.intake_pg import FastIntake
 from portal_service.mirror.locks import lock_call, lock_key, lock_object
 from portal_service.mirror.schemas import EventStatus, WebhookStatus
 from portal_service.mirror.signatures import InvalidSignatureError, verify_signature
@@ -281,7 +283,7 @@ class _EventState:
 
 
 @functools.cache
-def _insert_statement(dialect: str, *, locking: bool) -> Executable:
+def insert_event_statement(dialect: str, *, locking: bool) -> Executable:
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     statement = insert(_EVENTS).on_conflict_do_nothing(index_elements=["id"])
     if locking:
@@ -305,6 +307,16 @@ async def _insert_event(
     """Record the event, holding the object's lock `lock` if inserted (PostgreSQL); False
     when a row with its id already exists (then nothing is locked). `error`: recorded as
     `failed` with this `last_error`, after an apply that failed."""
+    values = event_values(received, status=status, lock=lock, error=error)
+    dialect = session.get_bind().dialect.name
+    statement = insert_event_statement(dialect, locking=lock is not None)
+    return (await session.execute(statement, values)).first() is not None
+
+
+def event_values(
+    received: Received, *, status: EventStatus, lock: int | None, error: str | None = None
+) -> dict[str, Any]:
+    """The parameters of `insert_event_statement` (every intake path records the same row)."""
     now = utcnow()
     values: dict[str, Any] = {
         "id": received.id,
@@ -326,9 +338,7 @@ async def _insert_event(
         values["last_error"] = error
     if lock is not None:
         values["lock_key"] = lock
-    dialect = session.get_bind().dialect.name
-    statement = _insert_statement(dialect, locking=lock is not None)
-    return (await session.execute(statement, values)).first() is not None
+    return values
 
 
 async def _lock_event(
@@ -423,8 +433,11 @@ class EventProcessor:
         *,
         livemode: bool,
         accept_other_mode_events: bool,
+        fast_path: bool = True,
     ) -> None:
         self._sessionmaker = sessionmaker
+        # PostgreSQL: new events skip SQLAlchemy's execution layer (mirror/intake_pg.py).
+        self._fast = FastIntake.for_sessionmaker(sessionmaker) if fast_path else None
         self._gateway = gateway
         self._livemode = livemode
         self._accept_other_mode = accept_other_mode_events
@@ -468,6 +481,10 @@ class EventProcessor:
         if received.event is None:  # a thin event: its own, rarer path (mirror/thin.py)
             return await self._thin().receive(received)
         route = self._route(received)
+        if route is not None:
+            fast = await self._receive_fast(received, route)
+            if fast is not None:
+                return fast
         async with self._sessionmaker() as session:
             inserted = await _insert_event(
                 session,
@@ -498,6 +515,44 @@ class EventProcessor:
         if isinstance(result, _Refetch):
             return await self._apply_refetched(received, result)
         return result
+
+    async def _receive_fast(self, received: Received, route: EventRoute) -> WebhookStatus | None:
+        """The PostgreSQL fast path for a new event; None when the general path must take it
+        (it was recorded before, Stripe must settle a tie, or anything failed)."""
+        if self._fast is None:
+            return None
+        obj = received.payload["data"]["object"]
+        try:
+            object_id = object_id_of(route.kind, obj)
+            incoming = parse_incoming(route.kind, obj, route.action)
+        except Exception:  # the general path records it failed
+            return None
+        lock = lock_key(received.account, route.kind, object_id)
+        outcome = await self._fast.receive(
+            event=event_values(received, status="processed", lock=lock),
+            insert_event=insert_event_statement("postgresql", locking=True),
+            kind=route.kind,
+            object_id=object_id,
+            incoming=incoming,
+            source=self._source(received),
+        )
+        if outcome is None:
+            return None
+        result: ReplayOutcome = "stale" if outcome is Outcome.STALE else "processed"
+        self._done(received, result)
+        return result
+
+    def _source(self, received: Received) -> Source:
+        return Source(
+            ts=received.created,
+            event_id=received.id,
+            livemode=received.livemode,
+            account=received.account,
+            # Stripe cannot settle a tie when there is no Stripe (offline mode) or when
+            # this key cannot see the object (an accepted event of the other mode: the
+            # re-fetch would answer 404 and tombstone an object that exists).
+            settle_ties_locally=self._gateway.offline or received.livemode != self._livemode,
+        )
 
     async def replay(self, event_id: str) -> tuple[EventStatus, ReplayOutcome]:
         """Re-apply a recorded event through the same path, whatever its status.
@@ -531,16 +586,7 @@ class EventProcessor:
         # The recorded payload's copy of the object: its session URLs were removed when the
         # event was received, so the apply need not redact it again.
         obj = received.payload["data"]["object"]
-        source = Source(
-            ts=received.created,
-            event_id=received.id,
-            livemode=received.livemode,
-            account=received.account,
-            # Stripe cannot settle a tie when there is no Stripe (offline mode) or when
-            # this key cannot see the object (an accepted event of the other mode: the
-            # re-fetch would answer 404 and tombstone an object that exists).
-            settle_ties_locally=self._gateway.offline or received.livemode != self._livemode,
-        )
+        source = self._source(received)
         try:
             object_id = object_id_of(route.kind, obj)
             if fresh:

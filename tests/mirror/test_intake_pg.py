@@ -1,0 +1,239 @@
+"""PostgreSQL's intake fast path (mirror/intake_pg.py): that it is taken for new events, that
+it stores exactly the rows the general path stores for the same events, and that anything
+it cannot finish (a redelivery, a failure) leaves nothing behind and goes to the general
+path, which records a failure `failed`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from conftest import make_settings, truncate_all
+from mirror.stripe_payloads import (
+    customer,
+    entitlement_summary,
+    invoice,
+    item,
+    payment_method,
+    subscription,
+)
+from portal_service.db import create_sessionmaker
+from portal_service.main import build_sessionmaker
+from portal_service.mirror.intake import (
+    ApplyFailed,
+    EventProcessor,
+    event_values,
+    insert_event_statement,
+    received_from,
+)
+from portal_service.mirror.intake_pg import FastIntake
+from portal_service.mirror.tables import StripeEvent
+from support import make_event
+
+T0 = 1_760_000_000
+# Written with the local clock: they differ between any two runs.
+_VOLATILE = {"updated_at", "received_at", "processed_at"}
+_TABLES = (
+    "stripe_events",
+    "customers",
+    "subscriptions",
+    "subscription_items",
+    "invoices",
+    "payment_methods",
+    "entitlement_summaries",
+    "entitlements",
+)
+
+
+class _NoStripe:
+    """The gateway of offline mode as far as intake looks: ties are settled locally."""
+
+    offline = True
+
+
+def _events() -> list[dict[str, Any]]:
+    def sub(items: list[str], **overrides: Any) -> dict[str, Any]:
+        return subscription(
+            "sub_f", items=[item(i, subscription_id="sub_f") for i in items], **overrides
+        )
+
+    return [
+        make_event("customer.created", customer("cus_f"), created=T0),
+        make_event("customer.subscription.created", sub(["si_a", "si_b"]), created=T0),
+        # An item left out: deleted on both paths.
+        make_event("customer.subscription.updated", sub(["si_b"]), created=T0 + 5),
+        # Older: stale.
+        make_event("customer.subscription.updated", sub(["si_a"]), created=T0 + 1),
+        # Same second, another state: a tie settled locally (no Stripe here).
+        make_event(
+            "customer.subscription.updated", sub(["si_b"], status="past_due"), created=T0 + 5
+        ),
+        make_event(
+            "customer.subscription.deleted", sub(["si_b"], status="canceled"), created=T0 + 9
+        ),
+        # A live state after the final one: stale whatever its time.
+        make_event("customer.subscription.updated", sub(["si_b"]), created=T0 + 20),
+        make_event("invoice.created", invoice("in_f", status="draft"), created=T0),
+        make_event("invoice.paid", invoice("in_f", status="paid"), created=T0 + 3),
+        make_event("payment_method.attached", payment_method("pm_f"), created=T0),
+        make_event("payment_method.detached", payment_method("pm_f"), created=T0 + 2),
+        make_event(
+            "entitlements.active_entitlement_summary.updated",
+            entitlement_summary("cus_f", "a", "b"),
+            created=T0,
+        ),
+        make_event(
+            "entitlements.active_entitlement_summary.updated",
+            entitlement_summary("cus_f", "b"),
+            created=T0 + 1,
+        ),
+        make_event(
+            "customer.deleted",
+            {"id": "cus_f", "object": "customer", "deleted": True},
+            created=T0 + 30,
+        ),
+        # Ignored, and a duplicate: the general path's answers on both.
+        make_event("charge.succeeded", {"id": "ch_1", "object": "charge"}, created=T0),
+    ]
+
+
+async def _snapshot(engine: AsyncEngine) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    async with engine.connect() as connection:
+        for name in _TABLES:
+            result = await connection.execute(text(f"SELECT * FROM {name} ORDER BY id"))
+            out[name] = [
+                {k: v for k, v in row._mapping.items() if k not in _VOLATILE} for row in result
+            ]
+    return out
+
+
+async def _run(
+    engine: AsyncEngine, events: list[dict[str, Any]], *, fast_path: bool
+) -> tuple[list[str], list[bool]]:
+    processor = EventProcessor(
+        create_sessionmaker(engine),
+        _NoStripe(),  # type: ignore[arg-type]
+        livemode=False,
+        accept_other_mode_events=False,
+        fast_path=fast_path,
+    )
+    taken: list[bool] = []
+    fast = processor._fast
+    if fast is not None:
+        original = fast.receive
+
+        async def spy(**kwargs: Any) -> Any:
+            outcome = await original(**kwargs)
+            taken.append(outcome is not None)
+            return outcome
+
+        fast.receive = spy  # type: ignore[method-assign]
+    answers = []
+    for event in [*events, events[1]]:
+        answers.append(await processor.receive(received_from(json.loads(json.dumps(event)))))
+    return answers, taken
+
+
+async def test_the_fast_path_stores_the_rows_the_general_path_stores(engine: AsyncEngine) -> None:
+    events = _events()
+    general, taken_general = await _run(engine, events, fast_path=False)
+    expected = await _snapshot(engine)
+    await truncate_all(engine)
+    fast, taken = await _run(engine, events, fast_path=True)
+    assert taken_general == []
+    # Every routed new event took the fast path; the redelivery at the end did not.
+    assert taken == [True] * (len(events) - 1) + [False]
+    assert fast == general
+    assert general == [
+        "processed",
+        "processed",
+        "processed",
+        "stale",
+        "processed",
+        "processed",
+        "stale",
+        "processed",
+        "processed",
+        "processed",
+        "processed",
+        "processed",
+        "processed",
+        "processed",
+        "ignored",
+        "duplicate",
+    ]
+    got = await _snapshot(engine)
+    assert got == expected
+    assert [row["id"] for row in got["subscription_items"]] == ["si_b"]
+    assert [row["id"] for row in got["entitlements"]] == ["ent_cus_f_b"]
+
+
+def _fast(engine: AsyncEngine) -> FastIntake:
+    fast = FastIntake.for_sessionmaker(create_sessionmaker(engine))
+    assert fast is not None
+    return fast
+
+
+async def _receive_fast(fast: FastIntake, event: dict[str, Any]) -> Any:
+    from portal_service.mirror.apply import Source, object_id_of, parse_incoming
+    from portal_service.mirror.locks import lock_key
+
+    received = received_from(event)
+    obj = received.payload["data"]["object"]
+    object_id = object_id_of("subscription", obj)
+    return await fast.receive(
+        event=event_values(
+            received,
+            status="processed",
+            lock=lock_key(received.account, "subscription", object_id),
+        ),
+        insert_event=insert_event_statement("postgresql", locking=True),
+        kind="subscription",
+        object_id=object_id,
+        incoming=parse_incoming("subscription", obj, "upsert"),
+        source=Source(ts=received.created, event_id=received.id, livemode=False),
+    )
+
+
+async def test_a_failed_fast_apply_leaves_nothing_and_the_event_is_recorded_failed(
+    engine: AsyncEngine, refuse_subscription_status: Callable[[str], Any], rows: Any
+) -> None:
+    unpaid = make_event(
+        "customer.subscription.updated", subscription("sub_x", status="unpaid"), created=T0
+    )
+    async with refuse_subscription_status("unpaid"):
+        assert await _receive_fast(_fast(engine), unpaid) is None
+        assert await rows.get(StripeEvent, unpaid["id"]) is None  # rolled back whole
+        processor = EventProcessor(
+            create_sessionmaker(engine),
+            _NoStripe(),  # type: ignore[arg-type]
+            livemode=False,
+            accept_other_mode_events=False,
+        )
+        with pytest.raises(ApplyFailed):
+            await processor.receive(received_from(unpaid))
+    recorded: StripeEvent = await rows.event(unpaid["id"])
+    assert (recorded.status, recorded.attempts) == ("failed", 1)
+    assert "refused by test trigger" in (recorded.last_error or "")
+    assert await rows.count(StripeEvent) == 1
+
+
+async def test_a_recorded_event_is_left_to_the_general_path(engine: AsyncEngine) -> None:
+    event = make_event("customer.subscription.updated", subscription("sub_y"), created=T0)
+    fast = _fast(engine)
+    assert str(await _receive_fast(fast, event)) == "applied"
+    assert await _receive_fast(fast, event) is None
+
+
+def test_no_fast_path_with_the_outbox_installed(database_url: str, engine: AsyncEngine) -> None:
+    # Issue 12: with NOTIFY_URL set every applied write goes through the session, whose
+    # observer writes the outbox in the same transaction.
+    settings = make_settings(database_url, notify_url="https://hooks.example.com/portal")
+    assert FastIntake.for_sessionmaker(build_sessionmaker(engine, settings)) is None
+    assert FastIntake.for_sessionmaker(build_sessionmaker(engine, make_settings(database_url)))
