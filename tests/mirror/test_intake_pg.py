@@ -237,3 +237,18 @@ def test_no_fast_path_with_the_outbox_installed(database_url: str, engine: Async
     settings = make_settings(database_url, notify_url="https://hooks.example.com/portal")
     assert FastIntake.for_sessionmaker(build_sessionmaker(engine, settings)) is None
     assert FastIntake.for_sessionmaker(build_sessionmaker(engine, make_settings(database_url)))
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize("escaped", [False, True])
+def test_a_session_url_is_redacted_even_when_the_body_escapes_its_name(escaped: bool) -> None:
+    # parse_event skips the redaction's copy for bodies that cannot name a session.
+    from portal_service.mirror.intake import parse_event
+
+    session = {"id": "bps_1", "object": "billing_portal.session", "url": "https://x.test/s"}
+    body = json.dumps(make_event("billing_portal.session.created", session)).encode()
+    if escaped:
+        body = body.replace(b"billing_portal.session", b"billing\\u005fportal.session")
+    received = parse_event(body)
+    assert "url" not in received.payload["data"]["object"]
+    assert received.payload["data"]["object"]["object"] == "billing_portal.session"

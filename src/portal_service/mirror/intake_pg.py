@@ -14,7 +14,8 @@ is acknowledged before a commit, so the event is applied once, or recorded `fail
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,26 +149,9 @@ class FastIntake:
             driver: Any = (await conn.get_raw_connection()).driver_connection
             try:
                 async with driver.transaction():
-                    insert = self._compiled(insert_event, tuple(event), None)
-                    if await driver.fetchrow(insert.sql, *insert.args(event)) is None:
-                        raise _Fallback  # already recorded: a redelivery or a retry
-                    read = self._compiled(row_query(kind), ("object_id",), None)
-                    record = await driver.fetchrow(read.sql, object_id)
-                    row = None
-                    if record is not None:
-                        row = RowState(
-                            source_ts=record["source_ts"],
-                            source_event_id=record["source_event_id"],
-                            deleted=record["deleted"],
-                            raw=record["raw"],
-                            status=record.get("status"),
-                        )
-                    outcome = decide(kind, row, incoming, source)
-                    if outcome is Outcome.REFETCH:
-                        raise _Fallback  # Stripe must settle it: two transactions
-                    if outcome is Outcome.APPLIED:
-                        plan = plan_write(kind, object_id, incoming, source, row=row)
-                        await self._write(driver, plan)
+                    outcome = await self._apply(
+                        driver, event, insert_event, kind, object_id, incoming, source
+                    )
             except Exception:
                 if driver.is_closed():
                     await conn.invalidate()
@@ -175,23 +159,102 @@ class FastIntake:
                 return None
         return outcome
 
+    async def _apply(
+        self,
+        driver: Any,
+        event: Mapping[str, Any],
+        insert_event: Executable,
+        kind: MirrorKind,
+        object_id: str,
+        incoming: Incoming,
+        source: Source,
+    ) -> Outcome:
+        insert = self._compiled(insert_event, tuple(event), None)
+        read = self._compiled(row_query(kind), ("object_id",), None)
+        sql = _record_and_read(insert.sql, read.sql, len(insert.names))
+        record = await driver.fetchrow(sql, *insert.args(event), object_id)
+        if record is None:
+            raise _Fallback  # already recorded: a redelivery or a retry
+        row = None
+        if record["present"]:
+            row = RowState(
+                source_ts=record["source_ts"],
+                source_event_id=record["source_event_id"],
+                deleted=record["deleted"],
+                raw=record["raw"],
+                status=record.get("status"),
+            )
+        outcome = decide(kind, row, incoming, source)
+        if outcome is Outcome.REFETCH:
+            raise _Fallback  # Stripe must settle it: two transactions
+        if outcome is Outcome.APPLIED:
+            plan = plan_write(kind, object_id, incoming, source, row=row)
+            inserted = await self._write(driver, plan)
+            if row is None and not inserted:
+                # The row was committed by the lock's previous holder after this
+                # statement's snapshot was taken: decided on a row not seen, so undo.
+                raise _Fallback
+        return outcome
+
     def _compiled(
         self, statement: Executable, columns: tuple[str, ...], table: Table | None
     ) -> _Compiled:
         return _compile(statement, self._dialect, columns, table)
 
-    async def _write(self, driver: Any, plan: WritePlan) -> None:
+    async def _write(self, driver: Any, plan: WritePlan) -> bool:
+        """Run the plan in one statement (the children's writes as CTEs around the parent's
+        upsert). True when the parent's row was inserted rather than updated."""
+        parts: list[tuple[str, list[Any]]] = []
         for upsert in plan.upserts:
             for columns, batch in upsert_batches(upsert.rows):
                 statement = upsert_statement(
                     "postgresql", upsert.table, columns, upsert.insert_only
                 )
                 compiled = self._compiled(statement, columns, upsert.table)
-                if len(batch) == 1:
-                    await driver.execute(compiled.sql, *compiled.args(batch[0]))
-                else:
-                    await driver.executemany(compiled.sql, [compiled.args(v) for v in batch])
+                parts += [(compiled.sql, compiled.args(values)) for values in batch]
         if plan.left_out is not None:
             key = id(plan.left_out.statement)
-            params: Sequence[Any] = [plan.left_out.params[n] for n in _LEFT_OUT_PARAMS[key]]
-            await driver.execute(_LEFT_OUT_SQL[key], *params)
+            params = [plan.left_out.params[n] for n in _LEFT_OUT_PARAMS[key]]
+            parts.append((_LEFT_OUT_SQL[key], params))
+        (parent_sql, parent_args), children = parts[0], parts[1:]
+        parent_sql += " RETURNING (xmax = 0) AS inserted"
+        if sum(len(part_args) for _, part_args in parts) > _MAX_PARAMETERS:
+            for child_sql, child_args in children:
+                await driver.execute(child_sql, *child_args)
+            return bool(await driver.fetchval(parent_sql, *parent_args))
+        ctes: list[str] = []
+        args: list[Any] = []
+        for number, (sql, child_args) in enumerate(children):
+            ctes.append(f"w{number} AS ({_shifted(sql, len(args))})")
+            args += child_args
+        sql = f"WITH {', '.join(ctes)} {_shifted(parent_sql, len(args))}" if ctes else parent_sql
+        return bool(await driver.fetchval(sql, *args, *parent_args))
+
+
+_PARAMETER = re.compile(r"\$(\d+)")
+# PostgreSQL's limit of parameters per statement is 65535; asyncpg's is 32767.
+_MAX_PARAMETERS = 32_000
+
+
+def _shifted(sql: str, offset: int) -> str:
+    """`sql` with its parameters $1.. renumbered from $offset+1 (our own compiled SQL: no
+    string literals)."""
+    if not offset:
+        return sql
+    return _PARAMETER.sub(lambda m: f"${int(m.group(1)) + offset}", sql)
+
+
+@functools.cache
+def _record_and_read(insert_sql: str, read_sql: str, offset: int) -> str:
+    """The event insert (which takes the object's lock in its RETURNING) and the row read in
+    one statement. The read cannot use the statement's snapshot, taken before the lock was
+    granted: FOR UPDATE reads the newest committed version of an existing row instead (the
+    read runs only for an inserted event, after the lock, as the LATERAL join depends on
+    it), and a row committed since the snapshot that it cannot see is caught by the write
+    (`_write` returns False: updated, not inserted)."""
+    read = _shifted(read_sql, offset).replace("SELECT ", "SELECT true AS present, ", 1)
+    return (
+        # Our own compiled statements; every value travels as a parameter.
+        f"WITH ev AS ({insert_sql}) SELECT r.* FROM ev LEFT JOIN LATERAL "  # noqa: S608
+        f"({read} AND ev.id IS NOT NULL FOR UPDATE) AS r ON true"
+    )
