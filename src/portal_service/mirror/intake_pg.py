@@ -19,7 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Executable, Table
+import orjson
+from sqlalchemy import JSON, Executable, Table
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -79,9 +80,30 @@ def _compile(
     names = tuple(compiled.positiontup or ())
     # SQLAlchemy's own bind processors (JSON encoding, UTC datetimes), so the values are
     # what the session would have sent.
-    processors = compiled._bind_processors
+    processors = dict(compiled._bind_processors)
+    for name in names:
+        bind = compiled.binds.get(name)
+        if bind is not None and isinstance(bind.type, JSON) and name in processors:
+            processors[name] = _fast_json(processors[name])
+    table = table if table is not None else getattr(statement, "table", None)
     defaults = {name: _default_of(table, name) for name in names if name not in columns}
     return _Compiled(str(compiled), names, tuple(processors.get(n) for n in names), defaults)
+
+
+def _fast_json(general: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """JSON columns encoded by orjson (several times faster than json.dumps on a payload of
+    a few KB); jsonb stores the same value either way. Anything orjson refuses (an integer
+    beyond 64 bits) and every non-container value go through SQLAlchemy's own encoder."""
+
+    def process(value: Any) -> Any:
+        if isinstance(value, dict | list):
+            try:
+                return orjson.dumps(value).decode()
+            except TypeError:
+                pass
+        return general(value)
+
+    return process
 
 
 def _left_out_sql() -> dict[int, str]:
