@@ -21,6 +21,7 @@ from portal_service.gateway import Gateway
 from portal_service.gateway.factory import build_gateway
 from portal_service.gateway.offline import development_settings
 from portal_service.mirror.adoption import mirrored_objects
+from portal_service.mirror.fast_lane import WebhookFastLane
 from portal_service.mirror.routes import router as mirror_router
 from portal_service.notify.routes import router as notify_router
 from portal_service.notify.service import Notifier
@@ -105,6 +106,7 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
     state_of(app).tax_behavior_cache = TaxBehaviorCache()
     install_error_handlers(app)
     install_body_limit(app, max_bytes=JSON_MAX_BODY_BYTES, exempt_paths=("/webhooks",))
+    app.add_middleware(WebhookFastLane)
     if settings.cors_allow_origins:
         app.add_middleware(
             ProblemCORSMiddleware,

@@ -252,3 +252,52 @@ def test_a_session_url_is_redacted_even_when_the_body_escapes_its_name(escaped: 
     received = parse_event(body)
     assert "url" not in received.payload["data"]["object"]
     assert received.payload["data"]["object"]["object"] == "billing_portal.session"
+
+
+async def test_the_fast_lane_answers_as_the_route_does(client: Any) -> None:
+    from sqlalchemy import event as sa_event
+
+    from portal_service.ops.metrics import HTTP_REQUESTS
+    from support import deliver
+
+    def labelled() -> float:
+        return HTTP_REQUESTS.labels(route="/webhooks", method="POST", status="200")._value.get()
+
+    before = labelled()
+    fast = await deliver(
+        client, make_event("customer.subscription.updated", subscription("sub_l1"), created=T0)
+    )
+    # A statement hook sends the next delivery through FastAPI's route and the general path.
+    engine = client.app.state.engine.sync_engine
+    seen: list[str] = []
+
+    def record(*args: Any) -> None:
+        seen.append(args[2])
+
+    sa_event.listen(engine, "before_cursor_execute", record)
+    try:
+        routed = await deliver(
+            client, make_event("customer.subscription.updated", subscription("sub_l2"), created=T0)
+        )
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", record)
+    assert seen  # the second one did go through the session
+    assert fast.status_code == routed.status_code == 200
+    assert fast.content == routed.content == b'{"received":true,"status":"processed"}'
+    volatile = {"x-request-id", "date"}
+    assert {k: v for k, v in fast.headers.items() if k not in volatile} == {
+        k: v for k, v in routed.headers.items() if k not in volatile
+    }
+    assert labelled() == before + 2
+
+
+async def test_the_fast_lane_hands_a_bad_signature_to_the_route(client: Any) -> None:
+    from support import signed_headers
+
+    body = json.dumps(make_event("customer.subscription.updated", subscription("sub_l3"))).encode()
+    answer = await client.post(
+        "/webhooks", content=body, headers=signed_headers(body, secret="whsec_wrong")
+    )
+    assert answer.status_code == 400
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["code"] == "invalid_signature"

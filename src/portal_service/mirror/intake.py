@@ -481,6 +481,22 @@ class EventProcessor:
         finally:
             WEBHOOK_APPLY_SECONDS.observe(time.perf_counter() - started)
 
+    @property
+    def has_fast_path(self) -> bool:
+        return self._fast is not None
+
+    async def receive_fast(self, received: Received) -> WebhookStatus | None:
+        """`receive` on PostgreSQL's fast path alone: None, with nothing written, when the
+        event needs the general path (then `receive` does all of it)."""
+        started = time.perf_counter()
+        route = self._route(received)
+        if route is None:
+            return None
+        status = await self._receive_fast(received, route)
+        if status is not None:
+            WEBHOOK_APPLY_SECONDS.observe(time.perf_counter() - started)
+        return status
+
     async def _receive(self, received: Received) -> WebhookStatus:
         if received.event is None:  # a thin event: its own, rarer path (mirror/thin.py)
             return await self._thin().receive(received)
