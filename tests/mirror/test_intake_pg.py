@@ -301,3 +301,36 @@ async def test_the_fast_lane_hands_a_bad_signature_to_the_route(client: Any) -> 
     assert answer.status_code == 400
     assert answer.headers["content-type"] == "application/problem+json"
     assert answer.json()["code"] == "invalid_signature"
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize(
+    ("number", "expected"),
+    [
+        (b"123456789012345678901234567890", 123456789012345678901234567890),
+        (b"-9223372036854775809", -9223372036854775809),
+        (b"18446744073709551615", 18446744073709551615),
+        (b"1.5", 1.5),
+    ],
+)
+def test_parse_event_decodes_numbers_as_json_does(number: bytes, expected: Any) -> None:
+    # orjson decodes first; it would make an integer beyond 64 bits a float.
+    from portal_service.mirror.intake import parse_event
+
+    body = json.dumps(make_event("customer.updated", customer("cus_n"))).encode()
+    body = body.replace(b'"object": "customer"', b'"object": "customer", "n": ' + number)
+    value = parse_event(body).payload["data"]["object"]["n"]
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity"])
+def test_parse_event_still_refuses_non_json_constants(constant: bytes) -> None:
+    from portal_service.errors import InvalidPayload
+    from portal_service.mirror.intake import parse_event
+
+    body = json.dumps(make_event("customer.updated", customer("cus_n"))).encode()
+    body = body.replace(b'"object": "customer"', b'"object": "customer", "n": ' + constant)
+    with pytest.raises(InvalidPayload):
+        parse_event(body)

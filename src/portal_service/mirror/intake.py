@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
+import orjson
 from fastapi import Request
 from pydantic import ValidationError
 from sqlalchemy import ColumnElement, Executable, and_, bindparam, or_, select, update
@@ -212,12 +214,23 @@ def _too_deep(body: bytes, data: Any) -> bool:
     return False
 
 
+_LONG_NUMBER = re.compile(rb"\d{19}")
+
+
 def parse_event(body: bytes) -> Received:
     """The verified body as an event, or InvalidPayload (400)."""
     try:
-        data = json.loads(body, parse_constant=_no_constants)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidPayload("The body is not valid JSON.") from exc
+        # orjson first (about 4x faster), except where it would decode differently: an
+        # integer beyond 64 bits (a float to orjson). Whatever it refuses (NaN, a lone
+        # surrogate, a BOM, deep nesting) json decides, as it always did.
+        if _LONG_NUMBER.search(body) is not None:
+            raise orjson.JSONDecodeError("long number", "", 0)
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        try:
+            data = json.loads(body, parse_constant=_no_constants)
+        except (ValueError, RecursionError) as exc:
+            raise InvalidPayload("The body is not valid JSON.") from exc
     if not isinstance(data, dict):
         raise InvalidPayload("The body is not a Stripe event: not a JSON object.")
     if _too_deep(body, data):

@@ -244,12 +244,12 @@ class FastIntake:
             for child_sql, child_args in children:
                 await driver.execute(child_sql, *child_args)
             return bool(await driver.fetchval(parent_sql, *parent_args))
-        ctes: list[str] = []
-        args: list[Any] = []
-        for number, (sql, child_args) in enumerate(children):
-            ctes.append(f"w{number} AS ({_shifted(sql, len(args))})")
-            args += child_args
-        sql = f"WITH {', '.join(ctes)} {_shifted(parent_sql, len(args))}" if ctes else parent_sql
+        args = [arg for _, child_args in children for arg in child_args]
+        sql = _merged(
+            tuple(child_sql for child_sql, _ in children),
+            tuple(len(child_args) for _, child_args in children),
+            parent_sql,
+        )
         return bool(await driver.fetchval(sql, *args, *parent_args))
 
 
@@ -264,6 +264,19 @@ def _shifted(sql: str, offset: int) -> str:
     if not offset:
         return sql
     return _PARAMETER.sub(lambda m: f"${int(m.group(1)) + offset}", sql)
+
+
+@functools.cache
+def _merged(children: tuple[str, ...], counts: tuple[int, ...], parent: str) -> str:
+    """The children's statements as CTEs of the parent's, parameters renumbered in order."""
+    if not children:
+        return parent
+    ctes: list[str] = []
+    offset = 0
+    for number, (sql, count) in enumerate(zip(children, counts, strict=True)):
+        ctes.append(f"w{number} AS ({_shifted(sql, offset)})")
+        offset += count
+    return f"WITH {', '.join(ctes)} {_shifted(parent, offset)}"
 
 
 @functools.cache
