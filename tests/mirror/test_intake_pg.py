@@ -5,6 +5,7 @@ path, which records a failure `failed`."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Callable
 from typing import Any
@@ -334,3 +335,51 @@ def test_parse_event_still_refuses_non_json_constants(constant: bytes) -> None:
     body = body.replace(b'"object": "customer"', b'"object": "customer", "n": ' + constant)
     with pytest.raises(InvalidPayload):
         parse_event(body)
+
+
+@pytest.mark.parametrize("row_before", [False, True])
+async def test_a_row_committed_while_the_fast_path_waits_on_the_lock_is_seen(
+    engine: AsyncEngine, rows: Any, row_before: bool
+) -> None:
+    """The fast path's first statement reads the row after the lock is granted, though its
+    snapshot is older: an updated row through FOR UPDATE, a row inserted meanwhile through
+    the write's conflict (then the general path decides). Either way the older event loses."""
+    import asyncio
+
+    from portal_service.mirror.apply import Source, apply_object
+    from portal_service.mirror.locks import lock_object
+    from portal_service.mirror.tables import Subscription, SubscriptionItem
+
+    sessionmaker = create_sessionmaker(engine)
+    processor = EventProcessor(
+        sessionmaker,
+        _NoStripe(),  # type: ignore[arg-type]
+        livemode=False,
+        accept_other_mode_events=False,
+    )
+    if row_before:
+        first = make_event("customer.subscription.updated", subscription("sub_w"), created=T0)
+        assert await processor.receive(received_from(first)) == "processed"
+    newer = subscription(
+        "sub_w", status="past_due", items=[item("si_new", subscription_id="sub_w")]
+    )
+    older = make_event(
+        "customer.subscription.updated", subscription("sub_w", status="unpaid"), created=T0 + 5
+    )
+    async with sessionmaker() as session:
+        # Another writer holds the object's lock and writes a newer state...
+        await lock_object(session, account="", kind="subscription", object_id="sub_w")
+        when = dt.datetime.fromtimestamp(T0 + 10, tz=dt.UTC)
+        source = Source(ts=when, event_id="evt_newer", livemode=False)
+        assert str(await apply_object(session, "subscription", newer, source=source)) == "applied"
+        # ...while the older event's fast path starts (its snapshot taken) and waits on it.
+        waiting = asyncio.create_task(processor.receive(received_from(older)))
+        await asyncio.sleep(0.5)
+        assert not waiting.done()
+        await session.commit()
+    assert await waiting == "stale"
+    stored = await rows.get(Subscription, "sub_w")
+    assert (stored.status, stored.source_event_id) == ("past_due", "evt_newer")
+    assert [i.id for i in await rows.all(SubscriptionItem)] == ["si_new"]
+    recorded: StripeEvent = await rows.event(older["id"])
+    assert (recorded.status, recorded.attempts) == ("processed", 1)
