@@ -15,6 +15,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from portal_service.app_state import state_of
 from portal_service.mirror.intake import EventProcessor, parse_event, verify
 from portal_service.mirror.schemas import WebhookAck
 
@@ -31,7 +32,7 @@ class WebhookFastLane:
             await self.app(scope, receive, send)
             return
         app = scope["app"]
-        settings = app.state.settings
+        settings = state_of(app).settings
         limit: int = settings.webhook_max_body_bytes
         chunks: list[bytes] = []
         size = 0
@@ -67,7 +68,8 @@ class WebhookFastLane:
         await send({"type": "http.response.body", "body": body})
 
     async def _receive(self, app: Any, settings: Any, scope: Scope, body: bytes) -> Any:
-        processor = EventProcessor.for_settings(app.state.sessionmaker, app.state.gateway, settings)
+        state = state_of(app)
+        processor = EventProcessor.for_settings(state.sessionmaker, state.gateway, settings)
         if not processor.has_fast_path or not settings.stripe_webhook_secrets:
             return None  # SQLite, an outbox to write, or no secrets: the route does it all
         try:
