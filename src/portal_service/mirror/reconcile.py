@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast, get_args
 
-from sqlalchemy import Table, not_, select
+from sqlalchemy import Select, Table, not_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from portal_service.errors import StripeUnavailable
@@ -76,6 +76,22 @@ _NOT_COMPARED = frozenset(
 PAGE_SIZE = 100
 RATE_LIMIT_RETRIES = 3
 _CUSTOMERS = table_of(tables.Customer)
+
+
+def live_customer_ids(*, livemode: bool, account: str) -> Select[Any]:
+    """The ids of the mode's and account's live mirrored customers, in id order (reconcile
+    and sync walk them)."""
+    return (
+        select(_CUSTOMERS.c.id)
+        .where(
+            _CUSTOMERS.c.livemode == livemode,
+            _CUSTOMERS.c.account == account,
+            not_(_CUSTOMERS.c.deleted),
+        )
+        .order_by(_CUSTOMERS.c.id)
+    )
+
+
 _ENTITLEMENTS = table_of(tables.Entitlement)
 _ITEMS = table_of(tables.SubscriptionItem)
 ItemState = dict[str, tuple[str | None, int | None]]
@@ -219,15 +235,7 @@ class Reconciler:
             }
 
     async def _live_customers(self) -> list[str]:
-        query = (
-            select(_CUSTOMERS.c.id)
-            .where(
-                _CUSTOMERS.c.livemode == self._livemode,
-                _CUSTOMERS.c.account == self._account,
-                not_(_CUSTOMERS.c.deleted),
-            )
-            .order_by(_CUSTOMERS.c.id)
-        )
+        query = live_customer_ids(livemode=self._livemode, account=self._account)
         async with self._sessionmaker() as session:
             return list((await session.execute(query)).scalars().all())
 

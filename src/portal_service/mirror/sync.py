@@ -33,7 +33,7 @@ from portal_service.mirror.apply import (
     watermark,
 )
 from portal_service.mirror.intake import EventProcessor, received_from
-from portal_service.mirror.reconcile import Reconciler
+from portal_service.mirror.reconcile import Reconciler, live_customer_ids
 from portal_service.mirror.tables import Customer, StripeEvent, SyncState
 
 SyncKind = Literal[
@@ -301,15 +301,8 @@ class Syncer:
         # of a finished batch, so a resume never skips one whose list was cut short.
         while True:
             async with self._sessionmaker() as session:
-                query = (
-                    select(_CUSTOMERS.c.id)
-                    .where(
-                        _CUSTOMERS.c.livemode == self._livemode,
-                        _CUSTOMERS.c.account == self._account,
-                        not_(_CUSTOMERS.c.deleted),
-                    )
-                    .order_by(_CUSTOMERS.c.id)
-                    .limit(CUSTOMER_BATCH)
+                query = live_customer_ids(livemode=self._livemode, account=self._account).limit(
+                    CUSTOMER_BATCH
                 )
                 if cursor:
                     query = query.where(_CUSTOMERS.c.id > cursor)
