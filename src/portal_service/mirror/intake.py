@@ -358,6 +358,22 @@ def event_values(
     return values
 
 
+async def redelivery_done(session: AsyncSession, event_id: str) -> bool:
+    """For an event already recorded: lock its row and tell whether it is done (the delivery
+    is a duplicate). Raises EventInProgress (500, Stripe delivers again) when the row vanished
+    between the insert and the lock (an operator removed it) or another delivery is still
+    applying it: answering 200 then would lose the event if that other apply fails."""
+    # Concurrent deliveries of one event wait here for the first to commit.
+    state = await _lock_event(session, event_id)
+    if state is None:
+        raise EventInProgress()
+    if state.status in ("processed", "ignored"):
+        return True
+    if state.status == "pending" and utcnow() - state.received_at < IN_FLIGHT:
+        raise EventInProgress()
+    return False
+
+
 async def _lock_event(
     session: AsyncSession, event_id: str, *, with_payload: bool = False
 ) -> _EventState | None:
@@ -529,21 +545,10 @@ class EventProcessor:
                 await session.commit()
                 self._done(received, "ignored")
                 return "ignored"
-            if not inserted:
-                # Concurrent deliveries of one event wait here for the first to commit.
-                state = await _lock_event(session, received.id)
-                if state is None:
-                    # The row vanished between the insert and the lock (an operator
-                    # removed it): let Stripe deliver again rather than guess.
-                    raise EventInProgress()
-                if state.status in ("processed", "ignored"):
-                    await session.rollback()
-                    self._done(received, "duplicate")
-                    return "duplicate"
-                if state.status == "pending" and utcnow() - state.received_at < IN_FLIGHT:
-                    # Answering 200 here would lose the event if that other apply fails;
-                    # a 500 makes Stripe deliver it again later.
-                    raise EventInProgress()
+            if not inserted and await redelivery_done(session, received.id):
+                await session.rollback()
+                self._done(received, "duplicate")
+                return "duplicate"
             result = await self._apply(session, received, route, fresh=inserted)
         if isinstance(result, _Refetch):
             return await self._apply_refetched(received, result)

@@ -41,12 +41,12 @@ from portal_service.mirror.apply import (
     watermark,
 )
 from portal_service.mirror.intake import (
-    IN_FLIGHT,
     ApplyFailed,
     EventInProgress,
     Received,
     ReplayOutcome,
     describe_error,
+    redelivery_done,
 )
 from portal_service.mirror.schemas import EventStatus, WebhookStatus
 from portal_service.mirror.tables import StripeEvent
@@ -159,15 +159,10 @@ class ThinEvents:
         async with self._sessionmaker() as session:
             inserted = await _insert(session, received, ignored=target is None)
             if not inserted:
-                state = await _lock(session, received.id)
-                if state is None:
-                    raise EventInProgress()
-                if state.status in ("processed", "ignored"):
+                if await redelivery_done(session, received.id):
                     await session.rollback()
                     self._done(received, "duplicate")
                     return "duplicate"
-                if state.status == "pending" and utcnow() - state.received_at < IN_FLIGHT:
-                    raise EventInProgress()
                 if target is None:
                     await _finish(session, received.id, "ignored")
             # Durable before Stripe is asked; no transaction is held across the call.
