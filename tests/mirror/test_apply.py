@@ -10,8 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mirror.stripe_payloads import customer, subscription, utc
 from portal_service.db import create_sessionmaker
-from portal_service.mirror.apply import Outcome, apply_fetched, apply_missing, floor_second
+from portal_service.mirror.apply import apply_fetched, apply_missing
 from portal_service.mirror.locks import lock_key
+from portal_service.mirror.ordering import Outcome, floor_second
 from portal_service.mirror.tables import Customer, Subscription
 from support import deliver, make_event
 

@@ -182,8 +182,9 @@ def _fast(engine: AsyncEngine) -> FastIntake:
 
 
 async def _receive_fast(fast: FastIntake, event: dict[str, Any]) -> Any:
-    from portal_service.mirror.apply import Source, object_id_of, parse_incoming
     from portal_service.mirror.locks import lock_key
+    from portal_service.mirror.ordering import Source, parse_incoming
+    from portal_service.mirror.projections import object_id_of
 
     received = received_from(event)
     obj = received.payload["data"]["object"]
@@ -346,8 +347,9 @@ async def test_a_row_committed_while_the_fast_path_waits_on_the_lock_is_seen(
     the write's conflict (then the general path decides). Either way the older event loses."""
     import asyncio
 
-    from portal_service.mirror.apply import Source, apply_object
+    from portal_service.mirror.apply import apply_object
     from portal_service.mirror.locks import lock_object
+    from portal_service.mirror.ordering import Source
     from portal_service.mirror.tables import Subscription, SubscriptionItem
 
     sessionmaker = create_sessionmaker(engine)

@@ -16,9 +16,9 @@ import stripe
 import typer
 from typer.testing import CliRunner
 
-from portal_service.mirror.apply import EVENT_ROUTES
 from portal_service.mirror.endpoints import HANDLED_EVENTS
 from portal_service.mirror.endpoints_cli import webhook_endpoint_app
+from portal_service.mirror.projections import EVENT_ROUTES
 
 URL = "https://billing.example.com/webhooks"
 STRIPE_KEY = "sk_test_123"

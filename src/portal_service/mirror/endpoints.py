@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from portal_service.gateway import Gateway
-from portal_service.mirror.apply import EVENT_ROUTES
+from portal_service.mirror.projections import EVENT_ROUTES
 
 HANDLED_EVENTS: tuple[str, ...] = tuple(sorted(EVENT_ROUTES))
 SCOPE_KEY = "portal_service_scope"

@@ -44,27 +44,21 @@ from portal_service.errors import (
     WebhooksNotConfigured,
 )
 from portal_service.gateway import Fetched, Gateway, ObjectKind, StripeObjectMissing
-from portal_service.mirror.apply import (
+from portal_service.mirror.apply import apply_answer, apply_object, watermark
+from portal_service.mirror.intake_pg import FastIntake
+from portal_service.mirror.locks import lock_call, lock_key, lock_object
+from portal_service.mirror.ordering import Outcome, Source, Watermark, parse_incoming
+from portal_service.mirror.projections import (
     ENTITLEMENT_SUMMARY,
     EVENT_ROUTES,
     EventRoute,
     MirrorKind,
-    Outcome,
-    Source,
-    Watermark,
-    apply_answer,
-    apply_object,
     object_id_of,
-    parse_incoming,
-    table_of,
-    watermark,
 )
-from portal_service.mirror.intake_pg import FastIntake
-from portal_service.mirror.locks import lock_call, lock_key, lock_object
 from portal_service.mirror.schemas import EventStatus, WebhookStatus
 from portal_service.mirror.signatures import InvalidSignatureError, verify_signature
 from portal_service.mirror.stripe_models import Event, redact_session_urls
-from portal_service.mirror.tables import StripeEvent
+from portal_service.mirror.tables import StripeEvent, table_of
 from portal_service.ops.logging import get_logger, scrub
 from portal_service.ops.metrics import WEBHOOK_APPLY_SECONDS, WEBHOOK_EVENTS
 

@@ -24,8 +24,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from portal_service.db import utcnow
-from portal_service.mirror.apply import table_of
-from portal_service.mirror.tables import StripeEvent
+from portal_service.mirror.tables import StripeEvent, table_of
 
 PRUNABLE_STATUSES = ("processed", "ignored")
 DEFAULT_BATCH_SIZE = 1000

@@ -27,15 +27,10 @@ from portal_service.errors import StripeUnavailable
 from portal_service.gateway import Fetched, Gateway, ObjectKind, StripeObjectMissing
 from portal_service.gateway.base import ListKind
 from portal_service.mirror import tables
-from portal_service.mirror.apply import (
-    ENTITLEMENT_SUMMARY,
-    PROJECTIONS,
-    MirrorKind,
-    Outcome,
-    Watermark,
-    apply_answer,
-    table_of,
-)
+from portal_service.mirror.apply import apply_answer
+from portal_service.mirror.ordering import Outcome, Watermark
+from portal_service.mirror.projections import ENTITLEMENT_SUMMARY, KINDS, MirrorKind
+from portal_service.mirror.tables import table_of
 
 ReconcileKind = Literal[
     "customers",
@@ -145,7 +140,7 @@ class _Row:
 
 
 def _projected(kind: MirrorKind, obj: dict[str, Any]) -> dict[str, Any]:
-    projection = PROJECTIONS[kind]
+    projection = KINDS[kind]
     model = projection.parse(obj)
     values = projection.columns(model, "upsert")
     created = getattr(model, "created", None)
@@ -221,7 +216,7 @@ class Reconciler:
     # -- reading: the mirror first, then Stripe ------------------------------------------
 
     async def _rows(self, kind: ReconcileKind, where: Iterable[Any] = ()) -> dict[str, _Row]:
-        table = PROJECTIONS[_MIRROR_KIND[kind]].table
+        table = KINDS[_MIRROR_KIND[kind]].table
         # Not `raw`: the columns are what is compared, and the copies would weigh most.
         columns = [column for column in table.c if column.name != "raw"]
         query = select(*columns).where(
@@ -303,7 +298,7 @@ class Reconciler:
         where: list[Any] = []
         if kind == "payment_methods":
             # Only attached methods: a detached one is mirrored with no customer.
-            where.append(PROJECTIONS[mirror_kind].table.c.customer_id.is_not(None))
+            where.append(KINDS[mirror_kind].table.c.customer_id.is_not(None))
         rows = await self._rows(kind, where)
         if kind == "subscriptions":
             self._items = await self._mirrored_items()
@@ -456,7 +451,7 @@ class Reconciler:
         """`sync --prune`: the live rows of `kind` that a whole sync did not see listed,
         each retrieved and applied as Stripe answers (a 404 tombstones it)."""
         where: list[Any] = []
-        table: Table = PROJECTIONS[_MIRROR_KIND[kind]].table
+        table: Table = KINDS[_MIRROR_KIND[kind]].table
         if kind == "payment_methods":
             where.append(table.c.customer_id.is_not(None))
         rows = await self._rows(kind, where)

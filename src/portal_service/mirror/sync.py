@@ -22,19 +22,12 @@ from portal_service.db import utcnow
 from portal_service.errors import CustomerNotFound, DomainError, StripeUnavailable
 from portal_service.gateway import Gateway, StripeObjectMissing
 from portal_service.gateway.base import ListKind, ListPage, ObjectKind
-from portal_service.mirror.apply import (
-    ENTITLEMENT_SUMMARY,
-    MirrorKind,
-    Outcome,
-    apply_answer,
-    apply_fetched,
-    apply_missing,
-    table_of,
-    watermark,
-)
+from portal_service.mirror.apply import apply_answer, apply_fetched, apply_missing, watermark
 from portal_service.mirror.intake import EventProcessor, received_from
+from portal_service.mirror.ordering import Outcome
+from portal_service.mirror.projections import ENTITLEMENT_SUMMARY, MirrorKind
 from portal_service.mirror.reconcile import Reconciler, live_customer_ids
-from portal_service.mirror.tables import Customer, StripeEvent, SyncState
+from portal_service.mirror.tables import Customer, StripeEvent, SyncState, table_of
 
 SyncKind = Literal[
     "customers", "subscriptions", "payment_methods", "invoices", "tax_ids", "portal_configurations"

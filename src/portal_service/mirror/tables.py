@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Index, text
+from sqlalchemy import Index, Table, text
 from sqlmodel import Field, SQLModel
 
 from portal_service.db import NAMING_CONVENTION, JSONType, UTCDateTime, utcnow
@@ -16,6 +16,10 @@ EVENT_STATUSES = ("pending", "processed", "ignored", "failed")
 
 # The `account` of the platform's own objects; a connected account's rows carry its acct_ id.
 PLATFORM_ACCOUNT = ""
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    return cast(Table, model.__table__)  # type: ignore[attr-defined]  # set by SQLModel(table=True)
 
 
 class MirrorColumns(SQLModel):

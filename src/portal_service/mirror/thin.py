@@ -29,17 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from portal_service.db import utcnow
 from portal_service.gateway import Fetched, Gateway, ObjectKind, StripeObjectMissing
-from portal_service.mirror.apply import (
-    ENTITLEMENT_SUMMARY,
-    EVENT_ROUTES,
-    MirrorKind,
-    Outcome,
-    Watermark,
-    apply_answer,
-    object_id_of,
-    table_of,
-    watermark,
-)
+from portal_service.mirror.apply import apply_answer, watermark
 from portal_service.mirror.intake import (
     ApplyFailed,
     EventInProgress,
@@ -48,8 +38,15 @@ from portal_service.mirror.intake import (
     describe_error,
     redelivery_done,
 )
+from portal_service.mirror.ordering import Outcome, Watermark
+from portal_service.mirror.projections import (
+    ENTITLEMENT_SUMMARY,
+    EVENT_ROUTES,
+    MirrorKind,
+    object_id_of,
+)
 from portal_service.mirror.schemas import EventStatus, WebhookStatus
-from portal_service.mirror.tables import StripeEvent
+from portal_service.mirror.tables import StripeEvent, table_of
 from portal_service.ops.logging import get_logger
 from portal_service.ops.metrics import WEBHOOK_EVENTS
 

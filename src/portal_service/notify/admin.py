@@ -8,7 +8,7 @@ from sqlmodel import col, select
 
 from portal_service.db import utcnow
 from portal_service.errors import DomainError
-from portal_service.mirror.apply import table_of
+from portal_service.mirror.tables import table_of
 from portal_service.notify.outbox import GIVE_UP_AFTER
 from portal_service.notify.schemas import NotificationOut, NotificationPage, NotificationStatus
 from portal_service.notify.tables import Notification

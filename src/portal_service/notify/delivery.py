@@ -27,7 +27,7 @@ from standardwebhooks.webhooks import Webhook
 
 from portal_service import __version__
 from portal_service.db import utcnow
-from portal_service.mirror.apply import table_of
+from portal_service.mirror.tables import table_of
 from portal_service.notify.tables import Notification
 from portal_service.ops.logging import get_logger
 from portal_service.ops.metrics import NOTIFICATIONS

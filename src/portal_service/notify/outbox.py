@@ -39,10 +39,10 @@ from portal_service.access.facts import (
 from portal_service.access.policy import AccessPolicy
 from portal_service.config import Settings
 from portal_service.db import create_sessionmaker, utcnow
-from portal_service.mirror.apply import ENTITLEMENT_SUMMARY, table_of
 from portal_service.mirror.locks import lock_call, lock_key
 from portal_service.mirror.observers import APPLY_OBSERVER
-from portal_service.mirror.tables import PLATFORM_ACCOUNT, Customer
+from portal_service.mirror.projections import ENTITLEMENT_SUMMARY
+from portal_service.mirror.tables import PLATFORM_ACCOUNT, Customer, table_of
 from portal_service.notify.tables import Notification
 
 GIVE_UP_AFTER = timedelta(days=3)

@@ -27,8 +27,7 @@ from portal_service.access.facts import (
     CustomerAccess,
 )
 from portal_service.db import utcnow
-from portal_service.mirror.apply import table_of
-from portal_service.mirror.tables import PLATFORM_ACCOUNT, Invoice, Subscription
+from portal_service.mirror.tables import PLATFORM_ACCOUNT, Invoice, Subscription, table_of
 from portal_service.notify.outbox import Answer, CustomerKey, OutboxConfig, record_change
 from portal_service.notify.tables import NotificationClock
 from portal_service.ops.logging import get_logger

@@ -21,7 +21,8 @@ from portal_service.db import utcnow
 from portal_service.errors import CustomerNotFound, DomainError, StripeError
 from portal_service.gateway import Fetched, Gateway, StripeObjectMissing
 from portal_service.mirror import stripe_models
-from portal_service.mirror.apply import PROJECTIONS, apply_fetched
+from portal_service.mirror.apply import apply_fetched
+from portal_service.mirror.projections import KINDS
 from portal_service.mirror.stripe_models import redact_session_urls
 from portal_service.mirror.tables import PLATFORM_ACCOUNT, Customer
 from portal_service.ops.logging import get_logger
@@ -106,7 +107,7 @@ def _row_from_stripe(obj: dict[str, Any], *, app_user_id: str | None) -> Custome
         raw=redact_session_urls(obj),
         deleted=parsed.deleted,
         app_user_id=app_user_id,
-        **PROJECTIONS["customer"].columns(parsed, "upsert"),
+        **KINDS["customer"].columns(parsed, "upsert"),
     )
 
 
