@@ -25,13 +25,9 @@ from mirror.stripe_payloads import (
 )
 from portal_service.db import create_sessionmaker
 from portal_service.main import build_sessionmaker
-from portal_service.mirror.intake import (
-    ApplyFailed,
-    EventProcessor,
-    event_values,
-    insert_event_statement,
-    received_from,
-)
+from portal_service.mirror.events import received_from
+from portal_service.mirror.inbox import event_values, insert_event_statement
+from portal_service.mirror.intake import ApplyFailed, EventProcessor
 from portal_service.mirror.intake_pg import FastIntake
 from portal_service.mirror.tables import StripeEvent
 from support import make_event
@@ -245,7 +241,7 @@ def test_no_fast_path_with_the_outbox_installed(database_url: str, engine: Async
 @pytest.mark.parametrize("escaped", [False, True])
 def test_a_session_url_is_redacted_even_when_the_body_escapes_its_name(escaped: bool) -> None:
     # parse_event skips the redaction's copy for bodies that cannot name a session.
-    from portal_service.mirror.intake import parse_event
+    from portal_service.mirror.events import parse_event
 
     session = {"id": "bps_1", "object": "billing_portal.session", "url": "https://x.test/s"}
     body = json.dumps(make_event("billing_portal.session.created", session)).encode()
@@ -317,7 +313,7 @@ async def test_the_fast_lane_hands_a_bad_signature_to_the_route(client: Any) -> 
 )
 def test_parse_event_decodes_numbers_as_json_does(number: bytes, expected: Any) -> None:
     # orjson decodes first; it would make an integer beyond 64 bits a float.
-    from portal_service.mirror.intake import parse_event
+    from portal_service.mirror.events import parse_event
 
     body = json.dumps(make_event("customer.updated", customer("cus_n"))).encode()
     body = body.replace(b'"object": "customer"', b'"object": "customer", "n": ' + number)
@@ -330,7 +326,7 @@ def test_parse_event_decodes_numbers_as_json_does(number: bytes, expected: Any) 
 @pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity"])
 def test_parse_event_still_refuses_non_json_constants(constant: bytes) -> None:
     from portal_service.errors import InvalidPayload
-    from portal_service.mirror.intake import parse_event
+    from portal_service.mirror.events import parse_event
 
     body = json.dumps(make_event("customer.updated", customer("cus_n"))).encode()
     body = body.replace(b'"object": "customer"', b'"object": "customer", "n": ' + constant)

@@ -29,7 +29,6 @@ from portal_service.db import create_sessionmaker
 from portal_service.gateway.stripe import StripeGateway
 from portal_service.mirror.reconcile import (
     RECONCILE_KINDS,
-    ReconcileKind,
     Reconciler,
     drift_found,
     parse_kinds,
@@ -115,7 +114,7 @@ class TestReconcile:
         await synced(sessionmaker, gateway)
         drift_in_stripe(lists)
         reconciler = Reconciler(sessionmaker, gateway, livemode=False)
-        kinds: list[ReconcileKind] = ["customers", "subscriptions", "payment_methods"]
+        kinds: list[str] = ["customers", "subscriptions", "payment_methods"]
 
         found = await reconciler.run(kinds, fix=False)
         summary = {

@@ -28,11 +28,11 @@ from portal_service.config import Settings
 from portal_service.db import create_sessionmaker
 from portal_service.errors import StripeUnavailable
 from portal_service.gateway.stripe import StripeGateway
-from portal_service.mirror.intake import EventProcessor, received_from
+from portal_service.mirror.events import received_from
+from portal_service.mirror.intake import EventProcessor
 from portal_service.mirror.sync import (
     SYNC_KINDS,
     Syncer,
-    SyncKind,
     parse_only,
     parse_since,
     run_sync,
@@ -90,9 +90,7 @@ def sleeps() -> Sleeps:
 def run(
     sessionmaker: async_sessionmaker[AsyncSession], gateway: StripeGateway, sleeps: Sleeps
 ) -> Callable[..., Any]:
-    async def run(
-        kinds: list[SyncKind] | None = None, **options: Any
-    ) -> dict[tuple[str, str], int]:
+    async def run(kinds: list[str] | None = None, **options: Any) -> dict[tuple[str, str], int]:
         return dict(
             await run_sync(
                 sessionmaker,

@@ -12,7 +12,7 @@ import pytest
 
 from mirror.stripe_payloads import subscription
 from portal_service.main import JSON_MAX_BODY_BYTES
-from portal_service.mirror.intake import MAX_JSON_DEPTH
+from portal_service.mirror.events import MAX_JSON_DEPTH
 from support import backend_headers, make_event, signed_headers, user_headers
 
 

@@ -20,7 +20,6 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from portal_service.db import utcnow
-from portal_service.gateway import Fetched
 from portal_service.mirror import stripe_models as sm
 from portal_service.mirror import tables
 from portal_service.mirror.locks import lock_object
@@ -79,7 +78,7 @@ async def watermark(session: AsyncSession, kind: MirrorKind, object_id: str) -> 
 
 
 @functools.cache
-def _upsert_statement(
+def upsert_statement(
     dialect: str, table: Table, columns: tuple[str, ...], insert_only: frozenset[str]
 ) -> Executable:
     # INSERT .. ON CONFLICT DO UPDATE rather than read-then-write: writers that do not
@@ -110,12 +109,6 @@ def upsert_batches(
     return list(batches.items())
 
 
-def upsert_statement(
-    dialect: str, table: Table, columns: tuple[str, ...], insert_only: frozenset[str]
-) -> Executable:
-    return _upsert_statement(dialect, table, columns, insert_only)
-
-
 async def _upsert(
     session: AsyncSession,
     table: Table,
@@ -125,7 +118,7 @@ async def _upsert(
 ) -> None:
     dialect = session.get_bind().dialect.name
     for columns, batch in upsert_batches(rows):
-        statement = _upsert_statement(dialect, table, columns, insert_only)
+        statement = upsert_statement(dialect, table, columns, insert_only)
         await session.execute(statement, batch[0] if len(batch) == 1 else batch)
 
 
@@ -408,37 +401,4 @@ async def apply_missing(
         return await apply_object(session, kind, empty, source=source)
     return await apply_object(
         session, kind, {**stub, "deleted": True}, source=source, action="delete"
-    )
-
-
-async def apply_answer(
-    session: AsyncSession,
-    kind: MirrorKind,
-    object_id: str,
-    fetched: Fetched | None,
-    *,
-    account: str,
-    livemode: bool,
-    supersedes: Watermark | None,
-) -> Outcome:
-    """Apply Stripe's answer to a re-fetch that settles a tie: the object, or None when
-    Stripe answered 404 (`apply_missing`). Outcomes as for `apply_fetched`."""
-    if fetched is None:
-        return await apply_missing(
-            session,
-            kind,
-            object_id,
-            utcnow(),
-            account=account,
-            livemode=livemode,
-            supersedes=supersedes,
-        )
-    return await apply_fetched(
-        session,
-        kind,
-        fetched.object,
-        fetched.fetched_at,
-        account=account,
-        livemode=livemode,
-        supersedes=supersedes,
     )

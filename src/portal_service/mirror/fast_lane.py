@@ -16,7 +16,8 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from portal_service.app_state import state_of
-from portal_service.mirror.intake import EventProcessor, parse_event, verify
+from portal_service.mirror.events import parse_event, verify
+from portal_service.mirror.intake import EventProcessor
 from portal_service.mirror.schemas import WebhookAck
 
 _PATH = "/webhooks"

@@ -1,4 +1,5 @@
-"""Webhook intake: read and verify the body, record the event, apply it (DESIGN.md sections 3, 4).
+"""Webhook intake: record each verified event (mirror/inbox.py) and apply it (mirror/apply.py),
+as ARCHITECTURE.md, "Webhook processing" describes.
 
 Record-then-apply in one transaction per event: the event row is inserted (ON CONFLICT DO
 NOTHING) already marked `processed`, the object's lock taken by that same statement, and
@@ -17,49 +18,42 @@ answer's own second reached the object meanwhile).
 
 from __future__ import annotations
 
-import functools
-import json
-import re
 import time
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
-import orjson
-from fastapi import Request
-from pydantic import ValidationError
-from sqlalchemy import ColumnElement, Executable, and_, bindparam, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from portal_service.config import Settings
-from portal_service.db import utcnow
 from portal_service.errors import (
     DomainError,
     EventNotFound,
-    InvalidPayload,
-    InvalidSignature,
-    WebhooksNotConfigured,
 )
-from portal_service.gateway import Fetched, Gateway, ObjectKind, StripeObjectMissing
-from portal_service.mirror.apply import apply_answer, apply_object, watermark
+from portal_service.gateway import Gateway
+from portal_service.mirror.apply import apply_object, watermark
+from portal_service.mirror.events import Received, received_from
+from portal_service.mirror.inbox import (
+    describe_error,
+    event_values,
+    insert_event_statement,
+    lock_event,
+    mark_failed,
+    mark_ignored,
+    mark_processed,
+    record_event,
+    redelivery_done,
+    wait_on_stripe,
+)
 from portal_service.mirror.intake_pg import FastIntake
-from portal_service.mirror.locks import lock_call, lock_key, lock_object
-from portal_service.mirror.ordering import Outcome, Source, Watermark, parse_incoming
+from portal_service.mirror.locks import lock_key, lock_object
+from portal_service.mirror.ordering import Outcome, Source, parse_incoming
 from portal_service.mirror.projections import (
-    ENTITLEMENT_SUMMARY,
     EVENT_ROUTES,
     EventRoute,
-    MirrorKind,
     object_id_of,
 )
 from portal_service.mirror.schemas import EventStatus, WebhookStatus
-from portal_service.mirror.signatures import InvalidSignatureError, verify_signature
-from portal_service.mirror.stripe_models import Event, redact_session_urls
-from portal_service.mirror.tables import StripeEvent, table_of
-from portal_service.ops.logging import get_logger, scrub
+from portal_service.mirror.ties import Tie, fetch_answer, settle_tie
+from portal_service.ops.logging import get_logger
 from portal_service.ops.metrics import WEBHOOK_APPLY_SECONDS, WEBHOOK_EVENTS
 
 if TYPE_CHECKING:
@@ -68,18 +62,9 @@ if TYPE_CHECKING:
 log = get_logger("portal_service.webhooks")
 ReplayOutcome = Literal["processed", "ignored", "stale"]
 
-# A `pending` row younger than this is being applied by another delivery right now (it
-# is waiting on Stripe to settle a tie); older, its process died and it counts as failed.
-IN_FLIGHT = timedelta(seconds=60)
 # Re-fetches of one tie: more are needed only while events of the answers' own second
 # keep arriving, which ends when Stripe's clock moves on.
 _REFETCH_ATTEMPTS = 3
-_MAX_ID_LENGTH = 255  # the width of stripe_events.id, .type and .account
-_MAX_API_VERSION_LENGTH = 64  # the width of stripe_events.api_version
-_MAX_ERROR_LENGTH = 500
-# Stripe's objects nest a few levels; a hostile body nested hundreds deep would exhaust
-# Python's stack in the recursive walks after parsing (an unhandled 500).
-MAX_JSON_DEPTH = 64
 
 
 class ApplyFailed(DomainError):
@@ -95,345 +80,8 @@ class RefetchUnsettled(Exception):
     Stripe was being asked: the tie stays open until a redelivery or replay."""
 
 
-class EventInProgress(DomainError):
-    status = 500
-    code = "event_in_progress"
-    default_detail = (
-        "Another delivery of this event is being applied right now; it will be retried."
-    )
-
-
-async def read_body(request: Request, *, limit: int) -> bytes:
-    """The raw body, refused as soon as it is known to exceed `limit` bytes."""
-    declared = request.headers.get("content-length", "")
-    too_large = InvalidPayload(f"The body is larger than WEBHOOK_MAX_BODY_BYTES ({limit} bytes).")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
-    return bytes(body)
-
-
-def verify(body: bytes, header: str | None, settings: Settings) -> None:
-    secrets = [secret.get_secret_value() for secret in settings.stripe_webhook_secrets]
-    if not any(secrets):
-        raise WebhooksNotConfigured()
-    try:
-        verify_signature(
-            body,
-            header,
-            secrets,
-            tolerance=settings.stripe_webhook_tolerance,
-            now=int(time.time()),
-        )
-    except InvalidSignatureError as exc:
-        raise InvalidSignature(str(exc)) from exc
-
-
-@dataclass(frozen=True, slots=True)
-class Received:
-    """A verified event as recorded: `event` is None for a thin (v2) event."""
-
-    id: str
-    type: str
-    created: datetime
-    livemode: bool
-    account: str
-    api_version: str | None
-    payload: dict[str, Any]
-    event: Event | None
-
-
-def _no_constants(name: str) -> Any:
-    # NaN/Infinity are not JSON, and jsonb refuses them.
-    raise ValueError(f"{name} is not JSON")
-
-
-def _check_ids(event_id: Any, event_type: Any) -> tuple[str, str]:
-    for value in (event_id, event_type):
-        if not isinstance(value, str) or not value or len(value) > _MAX_ID_LENGTH:
-            raise InvalidPayload("The body is not a Stripe event: bad id or type.")
-    return event_id, event_type
-
-
-def _check_widths(account: str, api_version: str | None) -> None:
-    # Refused here rather than by the database: a row the database refuses is never
-    # recorded, and every redelivery would fail the same way.
-    if len(account) > _MAX_ID_LENGTH:
-        raise InvalidPayload("The body is not a Stripe event: bad account.")
-    if api_version is not None and len(api_version) > _MAX_API_VERSION_LENGTH:
-        raise InvalidPayload("The body is not a Stripe event: bad api_version.")
-
-
-def _thin_event(data: dict[str, Any]) -> Received:
-    # v2 "thin" events carry a reference, not an object, and an ISO `created`: recorded,
-    # then their object is fetched (mirror/thin.py).
-    event_id, event_type = _check_ids(data.get("id"), data.get("type"))
-    created_raw = data.get("created")
-    try:
-        created = datetime.fromisoformat(created_raw) if isinstance(created_raw, str) else None
-    except ValueError:
-        created = None
-    if created is None or created.utcoffset() is None:
-        raise InvalidPayload("The thin event has no valid `created` time.")
-    context = data.get("context")
-    account = context if isinstance(context, str) else ""
-    _check_widths(account, None)
-    return Received(
-        id=event_id,
-        type=event_type,
-        created=created,
-        livemode=data.get("livemode") is True,
-        account=account,
-        api_version=None,
-        payload=redact_session_urls(data),
-        event=None,
-    )
-
-
-def _too_deep(body: bytes, data: Any) -> bool:
-    # Cheap first: a body with fewer opening brackets than the limit cannot nest deeper.
-    if body.count(b"{") + body.count(b"[") <= MAX_JSON_DEPTH:
-        return False
-    stack: list[tuple[Any, int]] = [(data, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            return True
-        children = value.values() if isinstance(value, dict) else value
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return False
-
-
-_LONG_NUMBER = re.compile(rb"\d{19}")
-
-
-def parse_event(body: bytes) -> Received:
-    """The verified body as an event, or InvalidPayload (400)."""
-    try:
-        # orjson first (about 4x faster), except where it would decode differently: an
-        # integer beyond 64 bits (a float to orjson). Whatever it refuses (NaN, a lone
-        # surrogate, a BOM, deep nesting) json decides, as it always did.
-        if _LONG_NUMBER.search(body) is not None:
-            raise orjson.JSONDecodeError("long number", "", 0)
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        try:
-            data = json.loads(body, parse_constant=_no_constants)
-        except (ValueError, RecursionError) as exc:
-            raise InvalidPayload("The body is not valid JSON.") from exc
-    if not isinstance(data, dict):
-        raise InvalidPayload("The body is not a Stripe event: not a JSON object.")
-    if _too_deep(body, data):
-        raise InvalidPayload(f"The body nests JSON deeper than {MAX_JSON_DEPTH} levels.")
-    # A body that never names a portal session (nor escapes a character, which could spell
-    # it) holds no session URL: its redaction, a copy of the whole tree, would change nothing.
-    redact = b"billing_portal.session" in body or b"\\u" in body
-    return received_from(data, redact=redact)
-
-
-def received_from(data: dict[str, Any], *, redact: bool = True) -> Received:
-    """A decoded event body (or a recorded payload) as an event, or InvalidPayload.
-    `redact=False`: `data` is known to carry no portal session URL."""
-    if data.get("object") == "v2.core.event":
-        return _thin_event(data)
-    if data.get("object", "event") != "event":
-        raise InvalidPayload("The body is not a Stripe event: `object` is not `event`.")
-    try:
-        event = Event.model_validate(data)
-    except ValidationError as exc:
-        fields = ", ".join(sorted({str(e["loc"][0]) for e in exc.errors() if e["loc"]}))
-        raise InvalidPayload(f"The body is not a Stripe event: invalid {fields}.") from exc
-    _check_ids(event.id, event.type)
-    _check_widths(event.account, event.api_version)
-    return Received(
-        id=event.id,
-        type=event.type,
-        created=event.created,
-        livemode=event.livemode,
-        account=event.account,
-        api_version=event.api_version,
-        payload=redact_session_urls(data) if redact else data,
-        event=event,
-    )
-
-
-def describe_error(exc: BaseException) -> str:
-    """A short, secret-free `last_error`: the class and first line, never SQL or parameters."""
-    # SQLAlchemy's message carries the statement and its parameters (customer data): only
-    # the driver's own message is kept, under SQLAlchemy's portable class name.
-    origin = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    lines = [exc.detail] if isinstance(exc, DomainError) else str(origin).strip().splitlines()
-    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-    cleaned: str = scrub(text)
-    return cleaned[:_MAX_ERROR_LENGTH]
-
-
-_EVENTS = table_of(StripeEvent)
-
-
-def _lock_event_statement(*, with_payload: bool) -> Executable:
-    columns = [_EVENTS.c.status, _EVENTS.c.received_at]
-    if with_payload:
-        columns.append(_EVENTS.c.payload)
-    return select(*columns).where(_EVENTS.c.id == bindparam("event_id")).with_for_update()
-
-
-_LOCK_EVENT = _lock_event_statement(with_payload=False)
-_LOCK_EVENT_WITH_PAYLOAD = _lock_event_statement(with_payload=True)
-
-
-@dataclass(frozen=True, slots=True)
-class _EventState:
-    status: str
-    received_at: datetime
-    payload: dict[str, Any] | None
-
-
-@functools.cache
-def insert_event_statement(dialect: str, *, locking: bool) -> Executable:
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    statement = insert(_EVENTS).on_conflict_do_nothing(index_elements=["id"])
-    if locking:
-        # The object's lock rides on the insert (RETURNING runs only for an inserted row,
-        # after it is written): one round trip less per event, and the same order as
-        # before, event row first, then the object. The apply's reads are later
-        # statements, so under READ COMMITTED they see whatever the previous holder
-        # of the lock committed.
-        return statement.returning(_EVENTS.c.id, lock_call())
-    return statement.returning(_EVENTS.c.id)
-
-
-async def _insert_event(
-    session: AsyncSession,
-    received: Received,
-    *,
-    status: EventStatus,
-    lock: int | None,
-    error: str | None = None,
-) -> bool:
-    """Record the event, holding the object's lock `lock` if inserted (PostgreSQL); False
-    when a row with its id already exists (then nothing is locked). `error`: recorded as
-    `failed` with this `last_error`, after an apply that failed."""
-    values = event_values(received, status=status, lock=lock, error=error)
-    dialect = session.get_bind().dialect.name
-    statement = insert_event_statement(dialect, locking=lock is not None)
-    return (await session.execute(statement, values)).first() is not None
-
-
-def event_values(
-    received: Received, *, status: EventStatus, lock: int | None, error: str | None = None
-) -> dict[str, Any]:
-    """The parameters of `insert_event_statement` (every intake path records the same row)."""
-    now = utcnow()
-    values: dict[str, Any] = {
-        "id": received.id,
-        "type": received.type,
-        "api_version": received.api_version,
-        "created": received.created,
-        "livemode": received.livemode,
-        "account": received.account,
-        "payload": received.payload,
-        "received_at": now,
-        "status": status,
-        # A `processed` row is written as the apply's outcome in advance, in the
-        # transaction that applies it: the commit makes both durable or neither, and
-        # `_apply` rewrites the row when the apply fails or must wait on Stripe.
-        "attempts": 1 if status in ("processed", "failed") else 0,
-        "processed_at": now if status in ("processed", "ignored") else None,
-    }
-    if error is not None:
-        values["last_error"] = error
-    if lock is not None:
-        values["lock_key"] = lock
-    return values
-
-
-async def redelivery_done(session: AsyncSession, event_id: str) -> bool:
-    """For an event already recorded: lock its row and tell whether it is done (the delivery
-    is a duplicate). Raises EventInProgress (500, Stripe delivers again) when the row vanished
-    between the insert and the lock (an operator removed it) or another delivery is still
-    applying it: answering 200 then would lose the event if that other apply fails."""
-    # Concurrent deliveries of one event wait here for the first to commit.
-    state = await _lock_event(session, event_id)
-    if state is None:
-        raise EventInProgress()
-    if state.status in ("processed", "ignored"):
-        return True
-    if state.status == "pending" and utcnow() - state.received_at < IN_FLIGHT:
-        raise EventInProgress()
-    return False
-
-
-async def _lock_event(
-    session: AsyncSession, event_id: str, *, with_payload: bool = False
-) -> _EventState | None:
-    # FOR UPDATE serialises deliveries and replays of one event on PostgreSQL; SQLite's
-    # BEGIN IMMEDIATE already did. The payload is read only when it is needed (replay).
-    statement = _LOCK_EVENT_WITH_PAYLOAD if with_payload else _LOCK_EVENT
-    row = (await session.execute(statement, {"event_id": event_id})).one_or_none()
-    if row is None:
-        return None
-    payload = row.payload if with_payload else None
-    return _EventState(status=row.status, received_at=row.received_at, payload=payload)
-
-
-async def _finish(
-    session: AsyncSession,
-    event_id: str,
-    status: EventStatus,
-    *,
-    error: str | None = None,
-    attempts: int = 1,
-) -> None:
-    """Set the event's status; `attempts` is added to its count (0 when the insert counted
-    this attempt already, -1 to take that back while it waits on Stripe)."""
-    values: dict[str, Any] = {"status": status}
-    if status == "ignored":
-        values["processed_at"] = utcnow()
-    else:
-        if attempts:
-            values["attempts"] = _EVENTS.c.attempts + attempts
-        values["processed_at"] = utcnow() if status == "processed" else None
-    if error is not None:
-        values["last_error"] = error
-    await session.execute(update(_EVENTS).where(_EVENTS.c.id == event_id).values(values))
-
-
-def awaiting_retry(now: datetime) -> ColumnElement[bool]:
-    """Recorded events not applied yet that nothing is working on: `failed` ones, and
-    `pending` ones older than IN_FLIGHT (their process died), which count as failed."""
-    return or_(
-        _EVENTS.c.status == "failed",
-        and_(_EVENTS.c.status == "pending", _EVENTS.c.received_at < now - IN_FLIGHT),
-    )
-
-
 def _count(event_type: str, result: str) -> None:
     WEBHOOK_EVENTS.labels(type=event_type, result=result).inc()
-
-
-# What the gateway calls each kind that a tie may be re-fetched for (portal sessions
-# cannot be retrieved; entitlement summaries are listed instead).
-_RETRIEVABLE: dict[MirrorKind, ObjectKind] = {
-    "customer": "customer",
-    "subscription": "subscription",
-    "payment_method": "payment_method",
-    "invoice": "invoice",
-    "tax_id": "tax_id",
-    "billing_portal.configuration": "billing_portal.configuration",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class _Refetch:
-    route: EventRoute
-    object_id: str
-    # The row's watermark when the tie was seen: Stripe's answer is newer than it.
-    seen: Watermark | None
 
 
 def _lock_for(session: AsyncSession, received: Received, route: EventRoute | None) -> int | None:
@@ -529,7 +177,7 @@ class EventProcessor:
             if fast is not None:
                 return fast
         async with self._sessionmaker() as session:
-            inserted = await _insert_event(
+            inserted = await record_event(
                 session,
                 received,
                 status="processed" if route is not None else "ignored",
@@ -544,7 +192,7 @@ class EventProcessor:
                 self._done(received, "duplicate")
                 return "duplicate"
             result = await self._apply(session, received, route, fresh=inserted)
-        if isinstance(result, _Refetch):
+        if isinstance(result, Tie):
             return await self._apply_refetched(received, result)
         return result
 
@@ -590,7 +238,7 @@ class EventProcessor:
         """Re-apply a recorded event through the same path, whatever its status.
         Returns (its recorded status now, what happened). Raises EventNotFound, ApplyFailed."""
         async with self._sessionmaker() as session:
-            state = await _lock_event(session, event_id, with_payload=True)
+            state = await lock_event(session, event_id, with_payload=True)
             if state is None or state.payload is None:
                 raise EventNotFound()
             received = received_from(state.payload)
@@ -598,7 +246,7 @@ class EventProcessor:
                 await session.rollback()
                 return await self._thin().replay(received)
             applied = await self._apply(session, received, self._route(received), fresh=False)
-        if not isinstance(applied, _Refetch):
+        if not isinstance(applied, Tie):
             return ("ignored" if applied == "ignored" else "processed"), applied
         refetched = await self._apply_refetched(received, applied)
         # duplicate: another delivery finished it while Stripe was being asked.
@@ -606,12 +254,12 @@ class EventProcessor:
 
     async def _apply(
         self, session: AsyncSession, received: Received, route: EventRoute | None, *, fresh: bool
-    ) -> ReplayOutcome | _Refetch:
+    ) -> ReplayOutcome | Tie:
         """With the event row inserted or locked: apply it, mark it, commit. `fresh`: this
         transaction inserted the row, already marked `processed` and holding the object's
-        lock (`_insert_event`)."""
+        lock (`record_event`)."""
         if route is None or received.event is None:
-            await _finish(session, received.id, "ignored")
+            await mark_ignored(session, received.id)
             await session.commit()
             self._done(received, "ignored")
             return "ignored"
@@ -643,64 +291,41 @@ class EventProcessor:
             if fresh:
                 # Not processed after all: it waits on Stripe, and that attempt is
                 # counted when it ends (_apply_refetched).
-                await _finish(session, received.id, "pending", attempts=-1)
+                await wait_on_stripe(session, received.id)
             seen = await watermark(session, route.kind, object_id)
             # Durable before Stripe is called; the transaction (and the lock) end here.
             await session.commit()
-            return _Refetch(route=route, object_id=object_id, seen=seen)
+            return Tie(route.kind, object_id, received.account, received.livemode, seen)
         if not fresh:
-            await _finish(session, received.id, "processed")
+            await mark_processed(session, received.id)
         await session.commit()
         result: ReplayOutcome = "stale" if outcome is Outcome.STALE else "processed"
         self._done(received, result)
         return result
 
-    async def _fetch(self, refetch: _Refetch, account: str) -> Fetched | None:
-        """Stripe's current object, or None when Stripe no longer has it."""
-        try:
-            if refetch.route.kind == ENTITLEMENT_SUMMARY:
-                return await self._gateway.list_active_entitlements(
-                    refetch.object_id, account=account
-                )
-            kind = _RETRIEVABLE[refetch.route.kind]
-            return await self._gateway.retrieve(kind, refetch.object_id, account=account)
-        except StripeObjectMissing:
-            return None
-
     async def _apply_refetched(
-        self, received: Received, refetch: _Refetch
+        self, received: Received, tie: Tie
     ) -> Literal["processed", "stale", "duplicate"]:
         """Settle a tie with Stripe's answer: fetched outside any transaction, applied under
-        the lock and stamped with Stripe's Date (DESIGN.md section 4 item 4). Asked again
-        when an event from the answer's own second reached the row meanwhile."""
-        kind = refetch.route.kind
-        seen = refetch.seen
+        the lock and stamped with Stripe's Date (`settle_tie`). Asked again when an event
+        from the answer's own second reached the row meanwhile."""
         for _ in range(_REFETCH_ATTEMPTS):
             try:
-                fetched = await self._fetch(refetch, received.account)
+                answer = await fetch_answer(
+                    self._gateway, tie.kind, tie.object_id, account=tie.account
+                )
             except Exception as exc:
                 # Stripe refused or is unreachable (or the gateway broke): the event is
                 # failed, never left pending, and a redelivery or replay asks again.
                 return await self._fail_refetch(received, exc)
             async with self._sessionmaker() as session:
-                state = await _lock_event(session, received.id)
+                state = await lock_event(session, received.id)
                 if state is None or state.status in ("processed", "ignored"):
                     await session.rollback()
                     self._done(received, "duplicate")
                     return "duplicate"
                 try:
-                    async with session.begin_nested():
-                        outcome = await apply_answer(
-                            session,
-                            kind,
-                            refetch.object_id,
-                            fetched,
-                            account=received.account,
-                            livemode=received.livemode,
-                            supersedes=seen,
-                        )
-                        if outcome is Outcome.REFETCH:
-                            seen = await watermark(session, kind, refetch.object_id)
+                    outcome, tie = await settle_tie(session, tie, answer)
                 except Exception as exc:
                     await self._fail(session, received, exc)
                     raise ApplyFailed() from exc
@@ -708,7 +333,7 @@ class EventProcessor:
                     # Nothing written; the lock goes before Stripe is asked again.
                     await session.rollback()
                     continue
-                await _finish(session, received.id, "processed")
+                await mark_processed(session, received.id)
                 await session.commit()
             _count(received.type, "refetched")
             refetched: Literal["processed", "stale"] = (
@@ -723,7 +348,7 @@ class EventProcessor:
         """Record a tie Stripe did not settle as failed, unless another delivery finished
         the event meanwhile ("duplicate"). Raises ApplyFailed."""
         async with self._sessionmaker() as session:
-            state = await _lock_event(session, received.id)
+            state = await lock_event(session, received.id)
             if state is not None and state.status in ("processed", "ignored"):
                 await session.rollback()
                 self._done(received, "duplicate")
@@ -733,7 +358,7 @@ class EventProcessor:
 
     async def _fail(self, session: AsyncSession, received: Received, exc: BaseException) -> None:
         error = describe_error(exc)
-        await _finish(session, received.id, "failed", error=error)
+        await mark_failed(session, received.id, error=error)
         await session.commit()
         self._failed(received, error)
 
@@ -745,7 +370,7 @@ class EventProcessor:
         concurrent delivery have recorded it meanwhile, that one's row stands."""
         error = describe_error(exc)
         await session.rollback()
-        await _insert_event(session, received, status="failed", lock=None, error=error)
+        await record_event(session, received, status="failed", lock=None, error=error)
         await session.commit()
         self._failed(received, error)
 

@@ -9,7 +9,7 @@ touches a session or Stripe.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, cast
@@ -300,6 +300,20 @@ KINDS: dict[MirrorKind, MirroredKind] = {
 }
 
 
+def choose_kinds(value: str | None, choices: Sequence[str]) -> list[str]:
+    """`--only a,b`: the kinds named, in the order of `choices`; all of them when None.
+    ValueError names what is unknown."""
+    if value is None:
+        return list(choices)
+    names = {name.strip() for name in value.split(",") if name.strip()}
+    unknown = sorted(names - set(choices))
+    if unknown or not names:
+        raise ValueError(
+            f"unknown kind(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(choices)}"
+        )
+    return [kind for kind in choices if kind in names]
+
+
 def kind_named(cli: str) -> MirroredKind:
     """The kind a `--only` name stands for (KeyError when none does)."""
     return _BY_CLI_NAME[cli]
@@ -310,23 +324,22 @@ _BY_CLI_NAME = {entry.cli: entry for entry in KINDS.values() if entry.cli is not
 
 def _unwatermarked_row(
     kind: MirrorKind,
+    model: Any,
     obj: dict[str, Any],
     *,
     account: str,
     fallback: Mapping[str, Any],
     fixed: Mapping[str, Any],
 ) -> tables.MirrorColumns:
-    """A row projected from Stripe's object like `apply_object` writes it, but with no
-    watermark (source_ts/source_event_id NULL), so any later event about it applies over it:
-    for writers outside the ordered write path. `fallback`: values for the columns the
-    object leaves empty; `fixed`: columns the object does not know."""
-    entry = KINDS[kind]
-    model = entry.parse(obj)
-    columns = entry.columns(model, "upsert")
+    """A row projected from Stripe's object (`model`, parsed from `obj`) as `apply_object`
+    writes it, but with no watermark (source_ts/source_event_id NULL), so any later event
+    about it applies over it: for writers outside the ordered write path. `fallback`:
+    values for the columns the object leaves empty; `fixed`: columns it does not know."""
+    columns = KINDS[kind].columns(model, "upsert")
     for name, value in fallback.items():
         columns[name] = columns.get(name) or value
     created: datetime | None = getattr(model, "created", None)
-    return entry.model(
+    return KINDS[kind].model(
         id=str(getattr(model, "id", "")),
         livemode=getattr(model, "livemode", False),
         account=account,
@@ -339,17 +352,24 @@ def _unwatermarked_row(
 
 def customer_row(obj: dict[str, Any], *, account: str, app_user_id: str | None) -> tables.Customer:
     """A customer row created on demand (portal/customers.py)."""
+    model = sm.Customer.model_validate(obj)
     fixed = {"app_user_id": app_user_id}
-    row = _unwatermarked_row("customer", obj, account=account, fallback={}, fixed=fixed)
+    row = _unwatermarked_row("customer", model, obj, account=account, fallback={}, fixed=fixed)
     return cast(tables.Customer, row)
 
 
 def portal_session_row(
-    obj: dict[str, Any], *, account: str, fallback: Mapping[str, Any], **fixed: Any
+    session: sm.PortalSession,
+    obj: dict[str, Any],
+    *,
+    account: str,
+    fallback: Mapping[str, Any],
+    **fixed: Any,
 ) -> tables.PortalSession:
-    """A portal session row recorded by POST /portal-sessions (portal/sessions.py)."""
+    """A portal session row recorded by POST /portal-sessions (portal/sessions.py):
+    `session` is `obj` parsed."""
     row = _unwatermarked_row(
-        "billing_portal.session", obj, account=account, fallback=fallback, fixed=fixed
+        "billing_portal.session", session, obj, account=account, fallback=fallback, fixed=fixed
     )
     return cast(tables.PortalSession, row)
 

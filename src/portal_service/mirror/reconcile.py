@@ -18,73 +18,31 @@ import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal
 
-from sqlalchemy import Select, Table, not_, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from portal_service.errors import StripeUnavailable
-from portal_service.gateway import Fetched, Gateway, ObjectKind, StripeObjectMissing
-from portal_service.gateway.base import ListKind
+from portal_service.gateway import Fetched, Gateway, StripeObjectMissing
 from portal_service.mirror import tables
-from portal_service.mirror.apply import apply_answer
+from portal_service.mirror.listing import RATE_LIMIT_RETRIES, live_customer_ids, pages, retry_after
 from portal_service.mirror.ordering import Outcome, Watermark
-from portal_service.mirror.projections import ENTITLEMENT_SUMMARY, KINDS, MirrorKind
+from portal_service.mirror.projections import KINDS, MirrorKind, choose_kinds, kind_named
 from portal_service.mirror.tables import table_of
+from portal_service.mirror.ties import apply_answer, fetch_answer
 
-ReconcileKind = Literal[
-    "customers",
-    "subscriptions",
-    "payment_methods",
-    "invoices",
-    "tax_ids",
-    "portal_configurations",
-    "entitlements",
-]
-RECONCILE_KINDS: tuple[ReconcileKind, ...] = get_args(ReconcileKind)
+RECONCILE_KINDS: tuple[str, ...] = tuple(
+    entry.cli for entry in KINDS.values() if entry.cli is not None
+)
+"""The kinds reconcile compares, by their `--only` names, in the order it compares them."""
 Problem = Literal["missing_here", "missing_there", "differs"]
 OnProgress = Callable[[str, int], None]
 
-_MIRROR_KIND: dict[ReconcileKind, MirrorKind] = {
-    "customers": "customer",
-    "subscriptions": "subscription",
-    "payment_methods": "payment_method",
-    "invoices": "invoice",
-    "tax_ids": "tax_id",
-    "portal_configurations": "billing_portal.configuration",
-    "entitlements": ENTITLEMENT_SUMMARY,
-}
-_LIST_KIND: dict[ReconcileKind, ListKind] = {
-    "customers": "customer",
-    "subscriptions": "subscription",
-    "payment_methods": "payment_method",
-    "invoices": "invoice",
-    "tax_ids": "tax_id",
-    "portal_configurations": "billing_portal.configuration",
-}
-_LIST_PARAMS: dict[ReconcileKind, dict[str, Any]] = {"subscriptions": {"status": "all"}}
-_PER_CUSTOMER: frozenset[ReconcileKind] = frozenset({"payment_methods", "tax_ids"})
 # Bookkeeping columns: what the mirror adds, not what Stripe says.
 _NOT_COMPARED = frozenset(
     {"id", "livemode", "account", "raw", "source_ts", "source_event_id", "updated_at"}
 )
-PAGE_SIZE = 100
-RATE_LIMIT_RETRIES = 3
-_CUSTOMERS = table_of(tables.Customer)
-
-
-def live_customer_ids(*, livemode: bool, account: str) -> Select[Any]:
-    """The ids of the mode's and account's live mirrored customers, in id order (reconcile
-    and sync walk them)."""
-    return (
-        select(_CUSTOMERS.c.id)
-        .where(
-            _CUSTOMERS.c.livemode == livemode,
-            _CUSTOMERS.c.account == account,
-            not_(_CUSTOMERS.c.deleted),
-        )
-        .order_by(_CUSTOMERS.c.id)
-    )
 
 
 _ENTITLEMENTS = table_of(tables.Entitlement)
@@ -93,23 +51,14 @@ ItemState = dict[str, tuple[str | None, int | None]]
 """A subscription's items: item id -> (price id, quantity)."""
 
 
-def parse_kinds(value: str | None) -> list[ReconcileKind]:
+def parse_kinds(value: str | None) -> list[str]:
     """`--only a,b`: the kinds named, in reconcile order; every kind when None."""
-    if value is None:
-        return list(RECONCILE_KINDS)
-    names = {name.strip() for name in value.split(",") if name.strip()}
-    unknown = sorted(names - set(RECONCILE_KINDS))
-    if unknown or not names:
-        raise ValueError(
-            f"unknown kind(s) {', '.join(unknown) or '(none)'}; "
-            f"choose from {', '.join(RECONCILE_KINDS)}"
-        )
-    return [kind for kind in RECONCILE_KINDS if kind in names]
+    return choose_kinds(value, RECONCILE_KINDS)
 
 
 @dataclass(frozen=True, slots=True)
 class Drift:
-    kind: ReconcileKind
+    kind: str  # its `--only` name
     object_id: str
     problem: Problem
     fields: tuple[str, ...] = ()
@@ -140,9 +89,9 @@ class _Row:
 
 
 def _projected(kind: MirrorKind, obj: dict[str, Any]) -> dict[str, Any]:
-    projection = KINDS[kind]
-    model = projection.parse(obj)
-    values = projection.columns(model, "upsert")
+    entry = KINDS[kind]
+    model = entry.parse(obj)
+    values = entry.columns(model, "upsert")
     created = getattr(model, "created", None)
     if created is not None:
         values["stripe_created"] = created
@@ -202,7 +151,7 @@ class Reconciler:
         self._sleep = sleep
         self._items: dict[str, ItemState] = {}
 
-    async def run(self, kinds: Sequence[ReconcileKind], *, fix: bool) -> dict[str, KindReport]:
+    async def run(self, kinds: Sequence[str], *, fix: bool) -> dict[str, KindReport]:
         """Each kind in order, fixed before the next is compared (so the payment methods
         of a customer that was missing here are compared once it is mirrored)."""
         reports: dict[str, KindReport] = {}
@@ -215,8 +164,8 @@ class Reconciler:
 
     # -- reading: the mirror first, then Stripe ------------------------------------------
 
-    async def _rows(self, kind: ReconcileKind, where: Iterable[Any] = ()) -> dict[str, _Row]:
-        table = KINDS[_MIRROR_KIND[kind]].table
+    async def _rows(self, kind: str, where: Iterable[Any] = ()) -> dict[str, _Row]:
+        table = kind_named(kind).table
         # Not `raw`: the columns are what is compared, and the copies would weigh most.
         columns = [column for column in table.c if column.name != "raw"]
         query = select(*columns).where(
@@ -234,37 +183,32 @@ class Reconciler:
         async with self._sessionmaker() as session:
             return list((await session.execute(query)).scalars().all())
 
-    async def _listed(
-        self, kind: ReconcileKind, *, customer: str | None = None
-    ) -> dict[str, Fetched]:
+    async def _listed(self, kind: str, *, customer: str | None = None) -> dict[str, Fetched]:
+        list_kind = kind_named(kind).list_kind
+        if list_kind is None:
+            raise ValueError(f"reconcile cannot list {kind}")
         listed: dict[str, Fetched] = {}
-        cursor: str | None = None
-        attempt = 0
-        while True:
-            params = {**_LIST_PARAMS.get(kind, {}), "limit": PAGE_SIZE}
-            if cursor is not None:
-                params["starting_after"] = cursor
-            try:
-                async for page in self._gateway.list_pages(
-                    _LIST_KIND[kind], params=params, customer=customer, account=self._account
-                ):
-                    attempt = 0
-                    for obj in page.objects:
-                        listed[obj["id"]] = Fetched(object=obj, fetched_at=page.fetched_at)
-                    if page.objects:
-                        cursor = page.objects[-1]["id"]
-                    self._progress(kind, len(page.objects))
-                return listed
-            except StripeUnavailable as exc:
-                # Rate-limited mid-list: wait as Stripe asks, go on after the last object.
-                attempt = await self._wait(exc, attempt)
+        params = dict(kind_named(kind).list_params)
+        async for page in pages(
+            self._gateway,
+            list_kind,
+            params,
+            customer=customer,
+            account=self._account,
+            retries=self._rate_limit_retries,
+            sleep=self._sleep,
+        ):
+            for obj in page.objects:
+                listed[obj["id"]] = Fetched(object=obj, fetched_at=page.fetched_at)
+            self._progress(kind, len(page.objects))
+        return listed
 
     async def _wait(self, exc: StripeUnavailable, attempt: int) -> int:
         """Wait out a 429 (its Retry-After) a few times; anything else is raised."""
-        value = (exc.headers or {}).get("Retry-After", "")
-        if not value.strip().isdigit() or attempt >= self._rate_limit_retries:
+        delay = retry_after(exc)
+        if delay is None or attempt >= self._rate_limit_retries:
             raise exc
-        await self._sleep(float(value))
+        await self._sleep(delay)
         return attempt + 1
 
     def _progress(self, kind: str, count: int) -> None:
@@ -276,35 +220,30 @@ class Reconciler:
             return list(ids)
         return self._rng.sample(list(ids), self._sample)
 
-    async def _retrieve(self, kind: ReconcileKind, object_id: str) -> Fetched | None:
+    async def _retrieve(self, kind: str, object_id: str) -> Fetched | None:
         attempt = 0
+        mirror_kind = kind_named(kind).name
         while True:
             try:
-                if kind == "entitlements":
-                    return await self._gateway.list_active_entitlements(
-                        object_id, account=self._account
-                    )
-                object_kind = cast(ObjectKind, _MIRROR_KIND[kind])
-                return await self._gateway.retrieve(object_kind, object_id, account=self._account)
-            except StripeObjectMissing:
-                return None
+                return await fetch_answer(
+                    self._gateway, mirror_kind, object_id, account=self._account
+                )
             except StripeUnavailable as exc:
                 attempt = await self._wait(exc, attempt)
 
-    async def compare(self, kind: ReconcileKind) -> KindReport:
+    async def compare(self, kind: str) -> KindReport:
         if kind == "entitlements":
             return await self._compare_entitlements()
-        mirror_kind = _MIRROR_KIND[kind]
         where: list[Any] = []
         if kind == "payment_methods":
             # Only attached methods: a detached one is mirrored with no customer.
-            where.append(KINDS[mirror_kind].table.c.customer_id.is_not(None))
+            where.append(kind_named(kind).table.c.customer_id.is_not(None))
         rows = await self._rows(kind, where)
         if kind == "subscriptions":
             self._items = await self._mirrored_items()
         if self._sample is not None:
             return await self._compare_sample(kind, rows)
-        if kind in _PER_CUSTOMER:
+        if kind_named(kind).per_customer:
             listed: dict[str, Fetched] = {}
             customers = await self._live_customers()
             for customer_id in customers:
@@ -334,10 +273,8 @@ class Reconciler:
                 report.drift.append(Drift(kind, object_id, "missing_there", seen=row.seen))
         return report
 
-    def _differences(
-        self, kind: ReconcileKind, obj: dict[str, Any], row: dict[str, Any]
-    ) -> list[str]:
-        fields = differing_fields(_MIRROR_KIND[kind], obj, row)
+    def _differences(self, kind: str, obj: dict[str, Any], row: dict[str, Any]) -> list[str]:
+        fields = differing_fields(kind_named(kind).name, obj, row)
         # A subscription's items are rows of their own: the price or quantity of one can
         # change with nothing on the subscription itself.
         if kind == "subscriptions" and stripe_items(obj) != self._items.get(row["id"], {}):
@@ -354,7 +291,7 @@ class Reconciler:
                 out.setdefault(row.subscription_id, {})[row.id] = (row.price_id, row.quantity)
         return out
 
-    async def _compare_sample(self, kind: ReconcileKind, rows: dict[str, _Row]) -> KindReport:
+    async def _compare_sample(self, kind: str, rows: dict[str, _Row]) -> KindReport:
         """A random sample of the mirror's live rows, each retrieved from Stripe: finds rows
         that differ or are gone there (what is missing here needs the whole lists)."""
         live = sorted(i for i, r in rows.items() if r.live)
@@ -437,7 +374,7 @@ class Reconciler:
         async with self._sessionmaker() as session:
             outcome = await apply_answer(
                 session,
-                _MIRROR_KIND[drift.kind],
+                kind_named(drift.kind).name,
                 drift.object_id,
                 fetched,
                 account=self._account,
@@ -447,11 +384,11 @@ class Reconciler:
             await session.commit()
         return "tie" if outcome is Outcome.REFETCH else outcome.value
 
-    async def prune(self, kind: ReconcileKind, listed: set[str]) -> KindReport:
+    async def prune(self, kind: str, listed: set[str]) -> KindReport:
         """`sync --prune`: the live rows of `kind` that a whole sync did not see listed,
         each retrieved and applied as Stripe answers (a 404 tombstones it)."""
         where: list[Any] = []
-        table: Table = KINDS[_MIRROR_KIND[kind]].table
+        table = kind_named(kind).table
         if kind == "payment_methods":
             where.append(table.c.customer_id.is_not(None))
         rows = await self._rows(kind, where)

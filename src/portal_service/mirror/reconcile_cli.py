@@ -14,7 +14,7 @@ from portal_service.mirror.reconcile import RECONCILE_KINDS, parse_kinds
 
 if TYPE_CHECKING:
     from portal_service.config import Settings
-    from portal_service.mirror.reconcile import KindReport, ReconcileKind
+    from portal_service.mirror.reconcile import KindReport
 
 # Drift lines printed per kind; the counts in the table always cover everything.
 MAX_DETAILS = 20
@@ -74,7 +74,7 @@ def _is_account(value: str) -> bool:
 async def _run(
     settings: Settings,
     *,
-    kinds: list[ReconcileKind],
+    kinds: list[str],
     sample: int | None,
     fix: bool,
     account: str,

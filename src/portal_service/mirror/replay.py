@@ -11,7 +11,8 @@ from sqlmodel import col, select
 
 from portal_service.db import utcnow
 from portal_service.errors import DomainError, EventNotFound
-from portal_service.mirror.intake import EventProcessor, awaiting_retry
+from portal_service.mirror.inbox import awaiting_retry
+from portal_service.mirror.intake import EventProcessor
 from portal_service.mirror.tables import StripeEvent
 
 

@@ -25,16 +25,17 @@ from portal_service.errors import (
 )
 from portal_service.gateway import GatewayDep
 from portal_service.mirror.admin import list_events
-from portal_service.mirror.intake import (
-    ApplyFailed,
-    EventInProgress,
-    EventProcessor,
-    parse_event,
-    read_body,
-    verify,
+from portal_service.mirror.events import parse_event, read_body, verify
+from portal_service.mirror.inbox import EventInProgress
+from portal_service.mirror.intake import ApplyFailed, EventProcessor
+from portal_service.mirror.schemas import (
+    EventPage,
+    EventStatus,
+    ReplayResult,
+    ResyncResult,
+    WebhookAck,
 )
-from portal_service.mirror.schemas import EventPage, EventStatus, ReplayResult, WebhookAck
-from portal_service.mirror.sync import ResyncResult, Syncer
+from portal_service.mirror.sync import Syncer
 from portal_service.pagination import PageParams
 
 router = APIRouter()

@@ -50,3 +50,15 @@ class ReplayResult(BaseModel):
         description="What the replay did: applied it (or found it already applied), ignored "
         "it, or found the mirror already newer."
     )
+
+
+class ResyncResult(BaseModel):
+    """What `POST /admin/customers/{id}/resync` fetched from Stripe and applied, per kind."""
+
+    customer_id: str
+    customers: int
+    subscriptions: int
+    payment_methods: int
+    invoices: int
+    tax_ids: int
+    entitlements: int = Field(description="Active Stripe Entitlements features.")

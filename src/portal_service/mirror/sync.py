@@ -9,75 +9,49 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal, cast, get_args
+from typing import Any
 
-from pydantic import BaseModel, Field
-from sqlalchemy import func, not_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from portal_service.db import utcnow
-from portal_service.errors import CustomerNotFound, DomainError, StripeUnavailable
+from portal_service.errors import CustomerNotFound, DomainError
 from portal_service.gateway import Gateway, StripeObjectMissing
-from portal_service.gateway.base import ListKind, ListPage, ObjectKind
-from portal_service.mirror.apply import apply_answer, apply_fetched, apply_missing, watermark
-from portal_service.mirror.intake import EventProcessor, received_from
+from portal_service.gateway.base import ListKind, ListPage
+from portal_service.mirror.apply import apply_fetched, apply_missing, watermark
+from portal_service.mirror.events import received_from
+from portal_service.mirror.intake import EventProcessor
+from portal_service.mirror.linking import claim_app_user
+from portal_service.mirror.listing import (
+    RATE_LIMIT_RETRIES,
+    Sleep,
+    live_customer_ids,
+    pages,
+)
 from portal_service.mirror.ordering import Outcome
-from portal_service.mirror.projections import ENTITLEMENT_SUMMARY, MirrorKind
-from portal_service.mirror.reconcile import Reconciler, live_customer_ids
-from portal_service.mirror.tables import Customer, StripeEvent, SyncState, table_of
+from portal_service.mirror.projections import ENTITLEMENT_SUMMARY, KINDS, choose_kinds, kind_named
+from portal_service.mirror.reconcile import Reconciler
+from portal_service.mirror.sync_state import mark_completed, save_cursor, start_kinds, state_key
+from portal_service.mirror.tables import Customer, StripeEvent, table_of
+from portal_service.mirror.ties import Tie, fetch_answer, settle_tie
 
-SyncKind = Literal[
-    "customers", "subscriptions", "payment_methods", "invoices", "tax_ids", "portal_configurations"
-]
-SYNC_KINDS: tuple[SyncKind, ...] = get_args(SyncKind)
+SYNC_KINDS: tuple[str, ...] = tuple(
+    entry.cli for entry in KINDS.values() if entry.cli is not None and entry.list_kind is not None
+)
+"""The kinds sync lists, by their `--only` names, in the order it syncs them."""
 
-_LIST_KIND: dict[SyncKind, ListKind] = {
-    "customers": "customer",
-    "subscriptions": "subscription",
-    "payment_methods": "payment_method",
-    "invoices": "invoice",
-    "tax_ids": "tax_id",
-    "portal_configurations": "billing_portal.configuration",
-}
-_MIRROR_KIND: dict[SyncKind, MirrorKind] = {
-    "customers": "customer",
-    "subscriptions": "subscription",
-    "payment_methods": "payment_method",
-    "invoices": "invoice",
-    "tax_ids": "tax_id",
-    "portal_configurations": "billing_portal.configuration",
-}
-# Stripe lists these per customer (GET /v1/customers/{id}/...): walked over mirrored customers.
-_PER_CUSTOMER: frozenset[SyncKind] = frozenset({"payment_methods", "tax_ids"})
-# Only these lists accept `created[gte]`.
-_FILTERS_BY_CREATED: frozenset[SyncKind] = frozenset({"customers", "subscriptions", "invoices"})
-_EXTRA_PARAMS: dict[SyncKind, dict[str, Any]] = {"subscriptions": {"status": "all"}}
-
-PAGE_SIZE = 100
 # Customers handed to the per-customer lists at once; the cursor moves when all are done.
 CUSTOMER_BATCH = 20
-RATE_LIMIT_RETRIES = 3
-_MAX_APP_USER_ID_LENGTH = 255  # the width of customers.app_user_id
 
-Sleep = Callable[[float], Awaitable[None]]
 OnPage = Callable[[str, int], None]
 
 
-def parse_only(value: str | None) -> list[SyncKind]:
+def parse_only(value: str | None) -> list[str]:
     """`--only a,b`: the kinds named, in sync order; every kind when None. ValueError names
     what is unknown."""
-    if value is None:
-        return list(SYNC_KINDS)
-    names = {name.strip() for name in value.split(",") if name.strip()}
-    unknown = sorted(names - set(SYNC_KINDS))
-    if unknown or not names:
-        raise ValueError(
-            f"unknown kind(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(SYNC_KINDS)}"
-        )
-    return [kind for kind in SYNC_KINDS if kind in names]
+    return choose_kinds(value, SYNC_KINDS)
 
 
 def parse_since(value: str) -> int:
@@ -94,15 +68,8 @@ def parse_since(value: str) -> int:
     return int(moment.timestamp())
 
 
-def _retry_after(exc: StripeUnavailable) -> float | None:
-    """Seconds Stripe asked us to wait (a 429), None when it did not say (an outage)."""
-    value = (exc.headers or {}).get("Retry-After", "")
-    return float(value) if value.strip().isdigit() else None
-
-
 _CUSTOMERS = table_of(Customer)
 _EVENTS = table_of(StripeEvent)
-_SYNC_STATE = table_of(SyncState)
 
 
 class Syncer:
@@ -132,47 +99,33 @@ class Syncer:
         self._on_page = on_page
         self.results: Counter[tuple[str, str]] = Counter()
         # Every id Stripe listed per kind in this run: what `sync --prune` keeps.
-        self.listed: dict[SyncKind, set[str]] = {kind: set() for kind in SYNC_KINDS}
+        self.listed: dict[str, set[str]] = {kind: set() for kind in SYNC_KINDS}
 
-    def _state_key(self, kind: SyncKind) -> str:
+    def _state_key(self, kind: str) -> str:
         return state_key(kind, self._account)
 
     # -- Stripe, outside any transaction -------------------------------------------------
 
-    async def _pages(
-        self, kind: ListKind, params: dict[str, Any], *, customer: str | None = None
+    def _pages(
+        self, kind: str, params: dict[str, Any], *, customer: str | None = None
     ) -> AsyncIterator[ListPage]:
-        """The gateway's pages; after a 429 (Retry-After), wait and continue after the last
-        object yielded, a few times. An outage without Retry-After is raised at once."""
-        cursor = params.get("starting_after")
-        attempt = 0
-        while True:
-            query = {**params, "limit": PAGE_SIZE}
-            if cursor:
-                query["starting_after"] = cursor
-            try:
-                async for page in self._gateway.list_pages(
-                    kind, params=query, customer=customer, account=self._account
-                ):
-                    attempt = 0
-                    yield page
-                    if page.objects:
-                        cursor = page.objects[-1]["id"]
-                return
-            except StripeUnavailable as exc:
-                delay = _retry_after(exc)
-                if delay is None or attempt >= self._rate_limit_retries:
-                    raise
-                attempt += 1
-                await self._sleep(delay)
+        return pages(
+            self._gateway,
+            _list_kind(kind),
+            params,
+            customer=customer,
+            account=self._account,
+            retries=self._rate_limit_retries,
+            sleep=self._sleep,
+        )
 
     # -- the mirror, one short transaction per page ----------------------------------------
 
     async def _apply_page(
-        self, kind: SyncKind, page: ListPage, *, cursor_of: SyncKind | None = None
+        self, kind: str, page: ListPage, *, cursor_of: str | None = None
     ) -> list[str]:
         """Apply one page; returns the ids left to settle (a same-second event reached them)."""
-        mirror_kind = _MIRROR_KIND[kind]
+        mirror_kind = kind_named(kind).name
         ties: list[str] = []
         self.listed[kind].update(obj["id"] for obj in page.objects)
         async with self._sessionmaker() as session:
@@ -189,106 +142,54 @@ class Syncer:
                     ties.append(obj["id"])
                 else:
                     self.results[kind, outcome.value] += 1
-                if kind == "customers" and outcome in (Outcome.APPLIED, Outcome.NOOP):
-                    await self._claim_app_user(session, obj)
+                claims = kind == "customers" and outcome in (Outcome.APPLIED, Outcome.NOOP)
+                if claims and await claim_app_user(session, obj):
+                    self.results["customers", "linked"] += 1
             if cursor_of is not None and page.objects:
-                await _save_cursor(session, self._state_key(cursor_of), page.objects[-1]["id"])
+                await save_cursor(session, self._state_key(cursor_of), page.objects[-1]["id"])
             await session.commit()
         if self._on_page is not None:
             self._on_page(kind, len(page.objects))
         return ties
 
-    async def _settle(self, kind: SyncKind, object_ids: Sequence[str]) -> None:
+    async def _settle(self, kind: str, object_ids: Sequence[str]) -> None:
         """A page tied with an event of its own second: ask Stripe once more for each object,
         then apply the answer if the row has not moved since (as intake does for ties)."""
-        mirror_kind = _MIRROR_KIND[kind]
+        mirror_kind = kind_named(kind).name
         for object_id in object_ids:
             async with self._sessionmaker() as session:
                 seen = await watermark(session, mirror_kind, object_id)
-            try:
-                fetched = await self._gateway.retrieve(
-                    cast(ObjectKind, mirror_kind), object_id, account=self._account
-                )
-            except StripeObjectMissing:
-                fetched = None
+            tie = Tie(mirror_kind, object_id, self._account, self._livemode, seen)
+            answer = await fetch_answer(
+                self._gateway, mirror_kind, object_id, account=self._account
+            )
             async with self._sessionmaker() as session:
-                outcome = await apply_answer(
-                    session,
-                    mirror_kind,
-                    object_id,
-                    fetched,
-                    account=self._account,
-                    livemode=self._livemode,
-                    supersedes=seen,
-                )
+                outcome, _ = await settle_tie(session, tie, answer)
                 await session.commit()
             # Still tied: the event's state stays; its own successor event settles it.
             self.results[kind, "tie" if outcome is Outcome.REFETCH else outcome.value] += 1
 
-    async def _claim_app_user(self, session: AsyncSession, obj: dict[str, Any]) -> None:
-        """Sync (never a webhook) links the customer to the app user its metadata names
-        (ARCHITECTURE.md, "The data's path"), when the row has no user yet and no other
-        live customer of the same mode and account holds that one."""
-        metadata = obj.get("metadata")
-        user = metadata.get("app_user_id") if isinstance(metadata, dict) else None
-        if not isinstance(user, str) or not user or len(user) > _MAX_APP_USER_ID_LENGTH:
-            return
-        row = _CUSTOMERS
-        other = _CUSTOMERS.alias("other")
-        held = (
-            select(other.c.id)
-            .where(
-                other.c.livemode == row.c.livemode,
-                other.c.account == row.c.account,
-                other.c.app_user_id == user,
-                not_(other.c.deleted),
-                other.c.id != row.c.id,
-            )
-            .exists()
-        )
-        statement = (
-            update(row)
-            .where(
-                row.c.id == obj["id"],
-                row.c.app_user_id.is_(None),
-                not_(row.c.deleted),
-                not_(held),
-            )
-            .values(app_user_id=user)
-        )
-        try:
-            async with session.begin_nested():
-                result = await session.execute(statement)
-        except IntegrityError:
-            # A concurrent link (PUT /users/{id}/customer) took the user first: it wins.
-            return
-        if getattr(result, "rowcount", 0) == 1:
-            self.results["customers", "linked"] += 1
-
     # -- whole kinds ---------------------------------------------------------------------
 
-    async def sync_kind(self, kind: SyncKind, *, since: int | None, cursor: str | None) -> None:
+    async def sync_kind(self, kind: str, *, since: int | None, cursor: str | None) -> None:
         """Backfill one kind, resuming after `cursor`; marks the kind complete at the end."""
-        if kind in _PER_CUSTOMER:
+        entry = kind_named(kind)
+        if entry.per_customer:
             await self._sync_per_customer(kind, cursor=cursor)
         else:
-            params: dict[str, Any] = dict(_EXTRA_PARAMS.get(kind, {}))
-            if since is not None and kind in _FILTERS_BY_CREATED:
+            params: dict[str, Any] = dict(entry.list_params)
+            if since is not None and entry.filters_by_created:
                 params["created"] = {"gte": since}
             if cursor:
                 params["starting_after"] = cursor
-            async for page in self._pages(_LIST_KIND[kind], params):
+            async for page in self._pages(kind, params):
                 ties = await self._apply_page(kind, page, cursor_of=kind)
                 await self._settle(kind, ties)
         async with self._sessionmaker() as session:
-            await session.execute(
-                update(_SYNC_STATE)
-                .where(_SYNC_STATE.c.kind == self._state_key(kind))
-                .values(completed_at=utcnow(), updated_at=utcnow())
-            )
+            await mark_completed(session, self._state_key(kind))
             await session.commit()
 
-    async def _sync_per_customer(self, kind: SyncKind, *, cursor: str | None) -> None:
+    async def _sync_per_customer(self, kind: str, *, cursor: str | None) -> None:
         # Over the mirrored live customers in id order, a batch at a time, each batch's
         # customers concurrently (bounded by the semaphore). The cursor is the last customer
         # of a finished batch, so a resume never skips one whose list was cut short.
@@ -312,14 +213,14 @@ class Syncer:
                     raise outcome
             cursor = batch[-1]
             async with self._sessionmaker() as session:
-                await _save_cursor(session, self._state_key(kind), cursor)
+                await save_cursor(session, self._state_key(kind), cursor)
                 await session.commit()
 
-    async def _sync_customer_list(self, kind: SyncKind, customer_id: str) -> int:
+    async def _sync_customer_list(self, kind: str, customer_id: str) -> int:
         async with self._semaphore:
             count = 0
             try:
-                async for page in self._pages(_LIST_KIND[kind], {}, customer=customer_id):
+                async for page in self._pages(kind, {}, customer=customer_id):
                     ties = await self._apply_page(kind, page)
                     await self._settle(kind, ties)
                     count += len(page.objects)
@@ -345,7 +246,7 @@ class Syncer:
         if fetched.object.get("deleted") is True:
             raise CustomerNotFound("The customer was deleted in Stripe.")
         counts = {"customers": 1}
-        lists: list[tuple[SyncKind, dict[str, Any], str | None]] = [
+        lists: list[tuple[str, dict[str, Any], str | None]] = [
             ("subscriptions", {"status": "all", "customer": customer_id}, None),
             ("payment_methods", {}, customer_id),
             ("invoices", {"customer": customer_id}, None),
@@ -353,7 +254,7 @@ class Syncer:
         ]
         for kind, params, parent in lists:
             counts[kind] = 0
-            async for listed in self._pages(_LIST_KIND[kind], params, customer=parent):
+            async for listed in self._pages(kind, params, customer=parent):
                 await self._settle(kind, await self._apply_page(kind, listed))
                 counts[kind] += len(listed.objects)
         summary = await self._gateway.list_active_entitlements(customer_id, account=self._account)
@@ -403,7 +304,14 @@ class Syncer:
             # The same second too: an event from it may not have been delivered yet.
             params["created"] = {"gte": int(newest.timestamp())}
         events: list[dict[str, Any]] = []
-        async for page in self._pages("event", params):
+        async for page in pages(
+            self._gateway,
+            "event",
+            params,
+            account=self._account,
+            retries=self._rate_limit_retries,
+            sleep=self._sleep,
+        ):
             events.extend(page.objects)
         recorded = await self._recorded([event["id"] for event in events])
         results: Counter[str] = Counter()
@@ -432,67 +340,12 @@ class Syncer:
         return found
 
 
-def state_key(kind: SyncKind, account: str) -> str:
-    """The `sync_state` row of a kind: one per Connect account besides the platform's."""
-    return f"{kind}@{account}" if account else kind
-
-
-async def _save_cursor(session: AsyncSession, kind: str, cursor: str) -> None:
-    await session.execute(
-        update(_SYNC_STATE)
-        .where(_SYNC_STATE.c.kind == kind)
-        .values(cursor=cursor, updated_at=utcnow())
-    )
-
-
-async def start_kinds(
-    sessionmaker: async_sessionmaker[AsyncSession],
-    kinds: Sequence[SyncKind],
-    *,
-    resume: bool,
-    account: str = "",
-) -> dict[SyncKind, str | None]:
-    """The kinds to sync now and the cursor each resumes after. Without `resume`, every kind
-    starts over. With it, a kind a previous run completed is skipped and one it left
-    unfinished continues after its cursor. Each Connect account has its own progress."""
-    todo: dict[SyncKind, str | None] = {}
-    keys = {kind: state_key(kind, account) for kind in kinds}
-    async with sessionmaker() as session:
-        existing = {
-            row.kind: row
-            for row in (
-                await session.execute(
-                    select(_SYNC_STATE).where(_SYNC_STATE.c.kind.in_(list(keys.values())))
-                )
-            ).all()
-        }
-        now = utcnow()
-        for kind in kinds:
-            key = keys[kind]
-            row = existing.get(key)
-            if resume and row is not None:
-                if row.completed_at is None:
-                    todo[kind] = row.cursor
-                continue
-            if row is None:
-                session.add(SyncState(kind=key, started_at=now, updated_at=now))
-            else:
-                await session.execute(
-                    update(_SYNC_STATE)
-                    .where(_SYNC_STATE.c.kind == key)
-                    .values(cursor=None, started_at=now, updated_at=now, completed_at=None)
-                )
-            todo[kind] = None
-        await session.commit()
-    return todo
-
-
 async def run_sync(
     sessionmaker: async_sessionmaker[AsyncSession],
     gateway: Gateway,
     *,
     livemode: bool,
-    kinds: Sequence[SyncKind],
+    kinds: Sequence[str],
     since: int | None = None,
     resume: bool = False,
     concurrency: int = 4,
@@ -528,7 +381,7 @@ async def _prune(
     syncer: Syncer,
     sessionmaker: async_sessionmaker[AsyncSession],
     gateway: Gateway,
-    kind: SyncKind,
+    kind: str,
     *,
     livemode: bool,
     account: str,
@@ -539,13 +392,8 @@ async def _prune(
         syncer.results[kind, f"pruned {outcome}"] += count
 
 
-class ResyncResult(BaseModel):
-    """What `POST /admin/customers/{id}/resync` fetched from Stripe and applied, per kind."""
-
-    customer_id: str
-    customers: int
-    subscriptions: int
-    payment_methods: int
-    invoices: int
-    tax_ids: int
-    entitlements: int = Field(description="Active Stripe Entitlements features.")
+def _list_kind(kind: str) -> ListKind:
+    list_kind = kind_named(kind).list_kind
+    if list_kind is None:
+        raise ValueError(f"sync cannot list {kind}")
+    return list_kind

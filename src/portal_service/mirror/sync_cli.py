@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from portal_service.commands import fail
-from portal_service.mirror.sync import SYNC_KINDS, SyncKind, parse_only, parse_since
+from portal_service.mirror.sync import SYNC_KINDS, parse_only, parse_since
 
 if TYPE_CHECKING:
     from portal_service.config import Settings
@@ -104,7 +104,7 @@ def _run(
     settings: Settings,
     *,
     events: bool,
-    kinds: list[SyncKind],
+    kinds: list[str],
     since: int | None,
     resume: bool,
     concurrency: int,
@@ -138,7 +138,7 @@ def _run(
 async def sync_objects(
     settings: Settings,
     *,
-    kinds: list[SyncKind],
+    kinds: list[str],
     since: int | None,
     resume: bool,
     concurrency: int,

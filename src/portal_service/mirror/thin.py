@@ -22,31 +22,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from portal_service.db import utcnow
-from portal_service.gateway import Fetched, Gateway, ObjectKind, StripeObjectMissing
-from portal_service.mirror.apply import apply_answer, watermark
-from portal_service.mirror.intake import (
-    ApplyFailed,
+from portal_service.gateway import Fetched, Gateway, StripeObjectMissing
+from portal_service.mirror.apply import watermark
+from portal_service.mirror.events import Received
+from portal_service.mirror.inbox import (
     EventInProgress,
-    Received,
-    ReplayOutcome,
     describe_error,
+    lock_event,
+    mark_failed,
+    mark_ignored,
+    mark_processed,
+    record_event,
     redelivery_done,
 )
-from portal_service.mirror.ordering import Outcome, Watermark
+from portal_service.mirror.intake import ApplyFailed, ReplayOutcome
+from portal_service.mirror.ordering import Outcome
 from portal_service.mirror.projections import (
     ENTITLEMENT_SUMMARY,
     EVENT_ROUTES,
+    KINDS,
     MirrorKind,
     object_id_of,
 )
 from portal_service.mirror.schemas import EventStatus, WebhookStatus
 from portal_service.mirror.tables import StripeEvent, table_of
+from portal_service.mirror.ties import Tie, fetch_answer, settle_tie
 from portal_service.ops.logging import get_logger
 from portal_service.ops.metrics import WEBHOOK_EVENTS
 
@@ -54,23 +57,9 @@ log = get_logger("portal_service.webhooks")
 
 HEALTH_RESOLVED = "v2.core.health.event_generation_failure.resolved"
 _V1_PREFIX = "v1."
-# What `related_object.type` names, as mirror kinds (the ones Stripe can be asked for).
+# What `related_object.type` names, as mirror kinds: the ones Stripe can be asked for.
 _RELATED_KINDS: dict[str, MirrorKind] = {
-    "customer": "customer",
-    "subscription": "subscription",
-    "invoice": "invoice",
-    "payment_method": "payment_method",
-    "tax_id": "tax_id",
-    "billing_portal.configuration": "billing_portal.configuration",
-    "entitlements.active_entitlement_summary": ENTITLEMENT_SUMMARY,
-}
-_RETRIEVABLE: dict[MirrorKind, ObjectKind] = {
-    "customer": "customer",
-    "subscription": "subscription",
-    "payment_method": "payment_method",
-    "invoice": "invoice",
-    "tax_id": "tax_id",
-    "billing_portal.configuration": "billing_portal.configuration",
+    kind: kind for kind, entry in KINDS.items() if entry.refetchable
 }
 _ATTEMPTS = 3  # fetches of one thin event while events of the answer's second keep arriving
 _EVENTS = table_of(StripeEvent)
@@ -122,12 +111,6 @@ def snapshot_event_of(payload: dict[str, Any]) -> str | None:
     return twin if isinstance(twin, str) and twin.startswith("evt_") else None
 
 
-@dataclass(frozen=True, slots=True)
-class _State:
-    status: str
-    received_at: Any
-
-
 class ThinEvents:
     """Records and applies thin events; EventProcessor hands them here."""
 
@@ -154,14 +137,16 @@ class ThinEvents:
         """Record and apply one thin delivery. Raises ApplyFailed / EventInProgress (500)."""
         target = self._target(received)
         async with self._sessionmaker() as session:
-            inserted = await _insert(session, received, ignored=target is None)
+            inserted = await record_event(
+                session, received, status="ignored" if target is None else "pending", lock=None
+            )
             if not inserted:
                 if await redelivery_done(session, received.id):
                     await session.rollback()
                     self._done(received, "duplicate")
                     return "duplicate"
                 if target is None:
-                    await _finish(session, received.id, "ignored")
+                    await mark_ignored(session, received.id)
             # Durable before Stripe is asked; no transaction is held across the call.
             await session.commit()
         if target is None:
@@ -174,7 +159,7 @@ class ThinEvents:
         target = self._target(received)
         if target is None:
             async with self._sessionmaker() as session:
-                await _finish(session, received.id, "ignored")
+                await mark_ignored(session, received.id)
                 await session.commit()
             self._done(received, "ignored")
             return "ignored", "ignored"
@@ -200,6 +185,7 @@ class ThinEvents:
                 return await self._ignore(received, "the thin event names no object")
             async with self._sessionmaker() as session:
                 seen = await watermark(session, target.kind, object_id)
+            tie = Tie(target.kind, object_id, account, received.livemode, seen)
         except (ApplyFailed, EventInProgress):
             raise
         except Exception as exc:
@@ -207,11 +193,13 @@ class ThinEvents:
             raise ApplyFailed() from exc
         for _ in range(_ATTEMPTS):
             try:
-                fetched = await self._fetch(target.kind, object_id, account)
+                fetched = await fetch_answer(
+                    self._gateway, tie.kind, tie.object_id, account=account
+                )
             except Exception as exc:
                 await self._fail(received, exc)
                 raise ApplyFailed() from exc
-            outcome, seen = await self._apply(received, target.kind, object_id, fetched, seen)
+            outcome, tie = await self._apply(received, tie, fetched)
             if outcome is None:
                 self._done(received, "duplicate")
                 return "duplicate"
@@ -228,52 +216,27 @@ class ThinEvents:
         raise ApplyFailed() from unsettled
 
     async def _apply(
-        self,
-        received: Received,
-        kind: MirrorKind,
-        object_id: str,
-        fetched: Fetched | None,
-        seen: Watermark | None,
-    ) -> tuple[Outcome | None, Watermark | None]:
+        self, received: Received, tie: Tie, fetched: Fetched | None
+    ) -> tuple[Outcome | None, Tie]:
         """Apply Stripe's answer under the object's lock. (None, _) when another delivery
         finished the event meanwhile; REFETCH with the row's watermark now to ask again."""
         async with self._sessionmaker() as session:
-            state = await _lock(session, received.id)
+            state = await lock_event(session, received.id)
             if state is None or state.status == "ignored":
                 await session.rollback()
-                return None, seen
+                return None, tie
             try:
-                async with session.begin_nested():
-                    outcome = await apply_answer(
-                        session,
-                        kind,
-                        object_id,
-                        fetched,
-                        account=received.account,
-                        livemode=received.livemode,
-                        supersedes=seen,
-                    )
-                    if outcome is Outcome.REFETCH:
-                        seen = await watermark(session, kind, object_id)
+                outcome, tie = await settle_tie(session, tie, fetched)
             except Exception as exc:
                 await session.rollback()
                 await self._fail(received, exc)
                 raise ApplyFailed() from exc
             if outcome is Outcome.REFETCH:
                 await session.rollback()
-                return outcome, seen
-            await _finish(session, received.id, "processed")
+                return outcome, tie
+            await mark_processed(session, received.id)
             await session.commit()
-        return outcome, seen
-
-    async def _fetch(self, kind: MirrorKind, object_id: str, account: str) -> Fetched | None:
-        """Stripe's current object, or None when Stripe no longer has it (a tombstone)."""
-        try:
-            if kind == ENTITLEMENT_SUMMARY:
-                return await self._gateway.list_active_entitlements(object_id, account=account)
-            return await self._gateway.retrieve(_RETRIEVABLE[kind], object_id, account=account)
-        except StripeObjectMissing:
-            return None
+        return outcome, tie
 
     async def _resolve(self, received: Received, target: Target, twin: str | None) -> str | None:
         """The object id a thin event leaves out, from its snapshot twin: named in the
@@ -310,16 +273,16 @@ class ThinEvents:
 
     async def _finish_twin(self, received: Received) -> Literal["duplicate"]:
         async with self._sessionmaker() as session:
-            await _lock(session, received.id)
-            await _finish(session, received.id, "processed")
+            await lock_event(session, received.id)
+            await mark_processed(session, received.id)
             await session.commit()
         self._done(received, "duplicate")
         return "duplicate"
 
     async def _ignore(self, received: Received, reason: str) -> Literal["ignored"]:
         async with self._sessionmaker() as session:
-            await _lock(session, received.id)
-            await _finish(session, received.id, "ignored", error=reason)
+            await lock_event(session, received.id)
+            await mark_ignored(session, received.id, error=reason)
             await session.commit()
         log.warning("thin_event_unresolved", event_id=received.id, type=received.type)
         self._done(received, "ignored")
@@ -328,8 +291,8 @@ class ThinEvents:
     async def _fail(self, received: Received, exc: BaseException) -> None:
         error = describe_error(exc)
         async with self._sessionmaker() as session:
-            await _lock(session, received.id)
-            await _finish(session, received.id, "failed", error=error)
+            await lock_event(session, received.id)
+            await mark_failed(session, received.id, error=error)
             await session.commit()
         WEBHOOK_EVENTS.labels(type=received.type, result="failed").inc()
         log.warning("webhook_apply_failed", event_id=received.id, type=received.type, error=error)
@@ -344,48 +307,3 @@ class ThinEvents:
             result=result,
             thin=True,
         )
-
-
-async def _insert(session: AsyncSession, received: Received, *, ignored: bool) -> bool:
-    now = utcnow()
-    values: dict[str, Any] = {
-        "id": received.id,
-        "type": received.type,
-        "api_version": received.api_version,
-        "created": received.created,
-        "livemode": received.livemode,
-        "account": received.account,
-        "payload": received.payload,
-        "received_at": now,
-        "status": "ignored" if ignored else "pending",
-        "attempts": 0,
-        "processed_at": now if ignored else None,
-    }
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    statement = (
-        insert(_EVENTS).values(values).on_conflict_do_nothing(index_elements=["id"])
-    ).returning(_EVENTS.c.id)
-    return (await session.execute(statement)).first() is not None
-
-
-async def _lock(session: AsyncSession, event_id: str) -> _State | None:
-    statement = (
-        select(_EVENTS.c.status, _EVENTS.c.received_at)
-        .where(_EVENTS.c.id == event_id)
-        .with_for_update()
-    )
-    row = (await session.execute(statement)).one_or_none()
-    return None if row is None else _State(status=row.status, received_at=row.received_at)
-
-
-async def _finish(
-    session: AsyncSession, event_id: str, status: EventStatus, *, error: str | None = None
-) -> None:
-    values: dict[str, Any] = {"status": status, "processed_at": utcnow()}
-    if status != "ignored":
-        values["attempts"] = _EVENTS.c.attempts + 1
-    if status == "failed":
-        values["processed_at"] = None
-    if error is not None:
-        values["last_error"] = error
-    await session.execute(update(_EVENTS).where(_EVENTS.c.id == event_id).values(values))

@@ -15,7 +15,7 @@ from sqlmodel import col
 from portal_service.app_state import app_state
 from portal_service.db import create_sessionmaker, for_reads, utcnow
 from portal_service.migrations import schema_state
-from portal_service.mirror.intake import awaiting_retry
+from portal_service.mirror.inbox import awaiting_retry
 from portal_service.mirror.tables import StripeEvent
 from portal_service.notify.admin import refresh_notification_gauges
 from portal_service.ops.logging import get_logger
