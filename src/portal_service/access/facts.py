@@ -31,6 +31,7 @@ from sqlmodel import col, func, select
 
 from portal_service.access.policy import ItemFacts, SubscriptionFacts
 from portal_service.db import UTCDateTime
+from portal_service.mirror.projections import ITEM_FACT_COLUMNS
 from portal_service.mirror.tables import (
     PLATFORM_ACCOUNT,
     Customer,
@@ -167,7 +168,7 @@ _SUBSCRIPTION_COLUMNS = (
     "collection_method",
     "schedule_id",
 )
-_ITEM_COLUMNS = ("price_id", "product_id", "quantity", "usage_type", "tax_behavior")
+_ITEM_COLUMNS = ITEM_FACT_COLUMNS
 
 
 def _item_facts(item: SubscriptionItem | Row[*tuple[Any, ...]]) -> ItemFacts:

@@ -22,8 +22,7 @@ from portal_service.errors import CustomerNotFound, DomainError, StripeError
 from portal_service.gateway import Fetched, Gateway, StripeObjectMissing
 from portal_service.mirror import stripe_models
 from portal_service.mirror.apply import apply_fetched
-from portal_service.mirror.projections import KINDS
-from portal_service.mirror.stripe_models import redact_session_urls
+from portal_service.mirror.projections import customer_row
 from portal_service.mirror.tables import PLATFORM_ACCOUNT, Customer
 from portal_service.ops.logging import get_logger
 from portal_service.portal.schemas import CustomerLinkOut
@@ -94,23 +93,6 @@ async def _customer_generation(session: AsyncSession, *, app_user_id: str, livem
     return int(result.scalar_one())
 
 
-def _row_from_stripe(obj: dict[str, Any], *, app_user_id: str | None) -> Customer:
-    parsed = stripe_models.Customer.model_validate(obj)
-    # The mirror's column projection, but not its write path (apply_fetched): this row is
-    # inserted in a savepoint under the app_user_id unique index, and its
-    # source_ts/source_event_id stay NULL so any later webhook about it applies over it.
-    return Customer(
-        id=parsed.id,
-        livemode=parsed.livemode,
-        account=PLATFORM_ACCOUNT,
-        stripe_created=parsed.created,
-        raw=redact_session_urls(obj),
-        deleted=parsed.deleted,
-        app_user_id=app_user_id,
-        **KINDS["customer"].columns(parsed, "upsert"),
-    )
-
-
 async def _get_for_update(session: AsyncSession, customer_id: str) -> Customer | None:
     # populate_existing: the identity map may hold a copy read before a Stripe call.
     return await session.get(Customer, customer_id, with_for_update=True, populate_existing=True)
@@ -179,7 +161,10 @@ async def _link_created(
 ) -> ResolvedCustomer | None:
     """Link the customer Stripe answered with; None if it is a stale replay (deleted, or
     someone else's now) and the next idempotency key must be tried."""
-    fresh = _row_from_stripe(created, app_user_id=app_user_id)
+    # Not the mirror's write path (apply_fetched): this row is inserted in a savepoint under
+    # the app_user_id unique index, and it has no watermark, so any later webhook about it
+    # applies over it.
+    fresh = customer_row(created, account=PLATFORM_ACCOUNT, app_user_id=app_user_id)
     row = await _get_for_update(session, fresh.id)
     if row is None:
         if await _insert(session, fresh):

@@ -26,6 +26,7 @@ from portal_service.errors import InvalidRequest, PortalActionUnavailable, Subsc
 from portal_service.gateway import Gateway, StripeObjectMissing
 from portal_service.mirror import stripe_models
 from portal_service.mirror.apply import apply_fetched
+from portal_service.mirror.projections import ITEM_FACT_COLUMNS, item_columns
 from portal_service.mirror.tables import PLATFORM_ACCOUNT, Subscription, SubscriptionItem
 from portal_service.ops.logging import get_logger
 from portal_service.portal.schemas import (
@@ -214,17 +215,8 @@ async def _subscription_view(
 def facts_from_stripe(sub: stripe_models.Subscription) -> SubscriptionFacts:
     items = []
     for item in sub.items.data:
-        price = item.price
-        recurring = price.recurring if price is not None else None
-        items.append(
-            ItemFacts(
-                price_id=price.id if price is not None else None,
-                product_id=price.product if price is not None else None,
-                quantity=item.quantity,
-                usage_type=recurring.usage_type if recurring is not None else None,
-                tax_behavior=price.tax_behavior if price is not None else None,
-            )
-        )
+        columns = item_columns(item, sub)
+        items.append(ItemFacts(**{name: columns[name] for name in ITEM_FACT_COLUMNS}))
     pause = sub.pause_collection
     return SubscriptionFacts(
         id=sub.id,

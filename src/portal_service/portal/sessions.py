@@ -28,7 +28,7 @@ from portal_service.errors import (
 )
 from portal_service.gateway import Gateway, StripeIdempotencyConflict
 from portal_service.mirror import stripe_models
-from portal_service.mirror.stripe_models import redact_session_urls
+from portal_service.mirror.projections import portal_session_row
 from portal_service.mirror.tables import PLATFORM_ACCOUNT, PortalSession
 from portal_service.ops.logging import get_logger
 from portal_service.ops.metrics import SESSIONS_CREATED
@@ -296,17 +296,17 @@ async def _record(
     (a concurrent use of the same Idempotency-Key)."""
     row = await session.get(PortalSession, parsed.id, populate_existing=True)
     if row is None:
-        fresh = PortalSession(
-            id=parsed.id,
-            livemode=parsed.livemode,
+        fresh = portal_session_row(
+            parsed,
+            created,
             account=PLATFORM_ACCOUNT,
-            stripe_created=parsed.created,
-            raw=redact_session_urls(created),
-            customer_id=parsed.customer or defaults.customer_id,
-            configuration_id=parsed.configuration or defaults.configuration_id,
-            locale=parsed.locale or defaults.locale,
-            flow_type=parsed.flow_type or defaults.flow_type,
-            return_url=parsed.return_url or defaults.return_url,
+            fallback={
+                "customer_id": defaults.customer_id,
+                "configuration_id": defaults.configuration_id,
+                "locale": defaults.locale,
+                "flow_type": defaults.flow_type,
+                "return_url": defaults.return_url,
+            },
             app_user_id=defaults.app_user_id,
             caller=defaults.caller,
             created=utcnow(),
