@@ -276,7 +276,7 @@ class TestMyEntitlementsRoute:
     ) -> None:
         response = await get(client, "/me/entitlements", **user_headers("nobody"))
         assert response.status_code == 200
-        # Exactly the body DESIGN.md section 6 spells out: no evaluated_at.
+        # Exactly the body README.md ("Deciding access in your app") shows: no evaluated_at.
         assert response.json() == {
             "customer_id": None,
             "has_access": False,

@@ -203,7 +203,7 @@ async def send(
 
 
 async def link(db: AsyncSession, customer_id: str, app_user_id: str) -> None:
-    # Webhooks never set app_user_id (DESIGN.md section 2); PUT /users/{id}/customer or
+    # Webhooks never set app_user_id (ARCHITECTURE.md, "The data's path"); PUT /users/{id}/customer or
     # auto-creation does. Here the link is made the way those paths store it.
     await db.execute(
         update(Customer).where(col(Customer.id) == customer_id).values(app_user_id=app_user_id)

@@ -1,5 +1,5 @@
-"""End-user tokens (HS256 secret or JWKS) and API keys, and the 401/403 rules of DESIGN.md
-section 3: a missing or wrong credential is 401, a valid one on the wrong kind of route 403."""
+"""End-user tokens (HS256 secret or JWKS) and API keys, and the 401/403 rules of README.md,
+"Authentication": a missing or wrong credential is 401, a valid one on the wrong kind of route 403."""
 
 from __future__ import annotations
 

@@ -22,6 +22,25 @@ MAY_IMPORT_MAIN = {"portal_service.portal.demo"}
 BASE = {"portal_service.config", "portal_service.db", "portal_service.errors"}
 DOMAIN = ("access", "auth", "commands", "gateway", "mirror", "notify", "ops", "portal")
 
+# The mirror's pure modules: the watermark rule, the registry of kinds and the parsing of a
+# body decide without a session or Stripe, so they import only these (and no SQL session
+# code: `uses_a_session`). The inbox knows event rows, not the objects they carry.
+PURE = {
+    "portal_service.mirror.ordering",
+    "portal_service.mirror.projections",
+    "portal_service.mirror.events",
+}
+PURE_MAY_IMPORT = PURE | {
+    "portal_service.config",
+    "portal_service.errors",
+    "portal_service.gateway.base",
+    "portal_service.mirror.signatures",
+    "portal_service.mirror.stripe_models",
+    "portal_service.mirror.tables",
+}
+INBOX = "portal_service.mirror.inbox"
+INBOX_MAY_NOT_IMPORT = ("gateway", "mirror.apply", "mirror.ties", "mirror.intake")
+
 # Wrong-way imports that remain, each with what it is waiting for. The test fails when one
 # disappears too, so the list only shrinks.
 KNOWN_EXCEPTIONS = {
@@ -110,10 +129,34 @@ def violations(imports: list[Import]) -> set[tuple[str, str, str]]:
             found.add(("gateway imports a layer above it", source, target))
         if within(source, "mirror") and within(target, "portal", "access", "notify"):
             found.add(("mirror imports a reader of it", source, target))
+        if source in PURE and target not in PURE_MAY_IMPORT:
+            found.add(("pure module imports a session or Stripe", source, target))
+        if source == INBOX and within(target, *INBOX_MAY_NOT_IMPORT):
+            found.add(("the inbox imports the objects' writes or Stripe", source, target))
         private = [n for n in imp.names if n.startswith("_") and not n.startswith("__")]
         if private and subpackage(source) != subpackage(target):
             found.add(("private name of another package", source, f"{target}.{private[0]}"))
     return found
+
+
+def uses_a_session(module: str) -> bool:
+    """Whether a module imports SQLAlchemy's session or connection code."""
+    path = PACKAGE_DIR.joinpath(*module.split(".")[1:]).with_suffix(".py")
+    return uses_a_session_in(path.read_text(encoding="utf-8"))
+
+
+def uses_a_session_in(source: str) -> bool:
+    for node in ast.walk(ast.parse(source)):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module]
+        if any(
+            n.startswith(("sqlalchemy.ext.asyncio", "sqlalchemy.orm", "asyncpg")) for n in names
+        ):
+            return True
+    return False
 
 
 def offline_isinstance_checks() -> list[str]:
@@ -143,6 +186,9 @@ class TestRulesOfDependency:
     def test_every_known_exception_is_still_needed(self) -> None:
         found = {(source, target) for _rule, source, target in violations(all_imports())}
         assert sorted(KNOWN_EXCEPTIONS - found) == []
+
+    def test_the_pure_mirror_modules_open_no_session(self) -> None:
+        assert sorted(module for module in PURE if uses_a_session(module)) == []
 
     def test_callers_ask_the_gateway_for_its_stand_in_instead_of_its_class(self) -> None:
         assert offline_isinstance_checks() == []
@@ -176,6 +222,16 @@ class TestTheCheckerItself:
                 "from portal_service.access.facts import _linked",
                 "private name of another package",
             ),
+            (
+                "portal_service.mirror.ordering",
+                "from portal_service.mirror.apply import watermark",
+                "pure module imports a session or Stripe",
+            ),
+            (
+                "portal_service.mirror.inbox",
+                "from portal_service.gateway import Gateway",
+                "the inbox imports the objects' writes or Stripe",
+            ),
         ],
     )
     def test_a_forbidden_import_is_reported(self, importer: str, source: str, rule: str) -> None:
@@ -188,6 +244,10 @@ class TestTheCheckerItself:
             "from portal_service.portal.configs import _app_portal_config\n"
         )
         assert violations(imports_of(source, "portal_service.portal.sessions")) == set()
+
+    def test_session_code_is_recognised(self) -> None:
+        assert uses_a_session_in("from sqlalchemy.ext.asyncio import AsyncSession")
+        assert not uses_a_session_in("from sqlalchemy import Table, select")
 
     def test_a_submodule_import_resolves_to_the_module(self) -> None:
         found = imports_of("from portal_service.mirror import tables", "portal_service.x")

@@ -1,4 +1,4 @@
-"""Settings from the environment and `.env` (DESIGN.md section 7), and the start-up refusals."""
+"""Settings from the environment and `.env` (README.md, "Configuration"), and the start-up refusals."""
 
 from __future__ import annotations
 

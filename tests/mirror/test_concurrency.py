@@ -1,5 +1,5 @@
 """Concurrent deliveries really racing on one database: each event applied once, and every
-object ends at its newest event's state (DESIGN.md section 4 items 3 and 7)."""
+object ends at its newest event's state (ARCHITECTURE.md, "Webhook processing")."""
 
 from __future__ import annotations
 

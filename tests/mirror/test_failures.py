@@ -1,5 +1,5 @@
 """No event lost: a failed apply answers 500, stays recorded as failed, and the next
-delivery or a replay applies it (DESIGN.md section 4 item 3)."""
+delivery or a replay applies it (ARCHITECTURE.md, "Webhook processing")."""
 
 from __future__ import annotations
 

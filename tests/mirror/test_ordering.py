@@ -1,5 +1,5 @@
 """The ordering watermark: newest state wins, ties settled from payloads or by Stripe,
-deletion is terminal (DESIGN.md section 4 item 4)."""
+deletion is terminal (ARCHITECTURE.md, "Webhook processing")."""
 
 from __future__ import annotations
 
@@ -405,7 +405,7 @@ class TestOfflineTies:
 
 class TestTiesOfAnotherMode:
     """What a re-fetch writes keeps the event's mode, and a tie Stripe cannot be asked about
-    with this key is settled like offline mode (DESIGN.md section 4 item 4)."""
+    with this key is settled like offline mode (ARCHITECTURE.md, "Webhook processing")."""
 
     async def test_live_entitlement_refetch_stays_in_live_mode(
         self, stripe_client: Callable[..., Any], rows: Any, stripe_mock: respx.MockRouter

@@ -1,5 +1,5 @@
 """Real processes: `portal-service replay`, and two `portal-service serve` sharing one
-PostgreSQL database under concurrent deliveries (DESIGN.md section 4 item 7)."""
+PostgreSQL database under concurrent deliveries (ARCHITECTURE.md, "Webhook processing")."""
 
 from __future__ import annotations
 

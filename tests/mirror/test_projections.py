@@ -1,4 +1,4 @@
-"""Each handled event type lands in its table (DESIGN.md section 4 items 5-6)."""
+"""Each handled event type lands in its table (ARCHITECTURE.md, "Adding a new event type")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """What one delivery says to the database: the event row written once, children in one
-execution, and the object's lock always taken (DESIGN.md section 4 item 3). Counts of
+execution, and the object's lock always taken (ARCHITECTURE.md, "Webhook processing"). Counts of
 statements, not timings: throughput numbers live in bench/README.md."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`portal-service sync` (DESIGN.md section 5): backfill through the webhooks' upsert path,
+"""`portal-service sync` (README.md, "Backfill and reconciliation"): backfill through the webhooks' upsert path,
 resumable, rate-limit aware, and the Events API catch-up. Stripe is faked at the SDK's
 HTTP boundary (respx); the real StripeGateway and SDK do the paging."""
 

@@ -1,6 +1,6 @@
 """Thin events (event destinations, `v2.core.event`) and lists Stripe cut at one page
 (`has_more`): the related object or the whole list is fetched from Stripe (respx at the
-SDK's httpx transport) and applied stamped with Stripe's Date (DESIGN.md section 11)."""
+SDK's httpx transport) and applied stamped with Stripe's Date (ARCHITECTURE.md, "Adding a new event type")."""
 
 from __future__ import annotations
 

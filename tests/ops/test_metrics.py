@@ -1,4 +1,4 @@
-"""/metrics: Prometheus text with the names of DESIGN.md section 7, per route template, and
+"""/metrics: Prometheus text with the names README.md documents ("Deployment"), per route template, and
 aggregated across worker processes in prometheus-client's multiprocess mode."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from portal_service.db import create_engine, create_sessionmaker, utcnow
 from portal_service.main import create_app
 from portal_service.mirror.tables import StripeEvent
 
-DESIGN_METRICS = (
+DOCUMENTED_METRICS = (
     "portal_webhook_events_total",
     "portal_webhook_apply_seconds",
     "portal_sessions_created_total",
@@ -70,7 +70,7 @@ class TestMetricsEndpoint:
         response = await app_client.get("/metrics")
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/plain")
-        for name in DESIGN_METRICS:
+        for name in DOCUMENTED_METRICS:
             assert f"# HELP {name} " in response.text
 
     async def test_requests_are_counted_by_route_template(
@@ -130,7 +130,7 @@ class TestMetricsEndpoint:
         now = utcnow()
         for event_id, status, age in [
             ("evt_failed", "failed", 600),
-            ("evt_pending", "pending", 30),  # in flight: not failed yet (DESIGN.md 4.3)
+            ("evt_pending", "pending", 30),  # in flight: not failed yet (ARCHITECTURE.md, "Webhook processing")
             ("evt_done", "processed", 3600),
         ]:
             db.add(

@@ -76,7 +76,7 @@ class TestResolveLocale:
     @pytest.mark.parametrize(
         ("accept_language", "expected"),
         [
-            # DESIGN.md section 3.
+            # README.md, "Sending a user to the portal".
             pytest.param("fr-CH", "fr", id="fr-CH"),
             pytest.param("es-MX", "es-419", id="es-MX"),
             pytest.param("pt-PT", "pt", id="pt-PT"),

@@ -1,5 +1,5 @@
 """No database transaction, row lock or pooled connection is held while Stripe is called
-(CONVENTIONS.md, DESIGN.md section 1): at the moment each Stripe request arrives, the
+(ARCHITECTURE.md, "The data's path"): at the moment each Stripe request arrives, the
 app's engine has no connection checked out, on every path of POST /portal-sessions and
 PUT /users/{app_user_id}/customer that calls Stripe."""
 
