@@ -130,7 +130,7 @@ class TestMetricsEndpoint:
         now = utcnow()
         for event_id, status, age in [
             ("evt_failed", "failed", 600),
-            ("evt_pending", "pending", 30),  # in flight: not failed yet (ARCHITECTURE.md, "Webhook processing")
+            ("evt_pending", "pending", 30),  # in flight: not failed yet (IN_FLIGHT)
             ("evt_done", "processed", 3600),
         ]:
             db.add(
