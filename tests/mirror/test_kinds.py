@@ -11,12 +11,12 @@ from sqlmodel import SQLModel
 
 from portal_service.gateway.base import ListKind, ObjectKind
 from portal_service.mirror import tables
+from portal_service.mirror.listing import choose_kinds
 from portal_service.mirror.projections import (
     ENTITLEMENT_SUMMARY,
     EVENT_ROUTES,
     KINDS,
     MirrorKind,
-    choose_kinds,
     kind_named,
 )
 from portal_service.mirror.reconcile import RECONCILE_KINDS, parse_kinds

@@ -1,9 +1,10 @@
-"""Walking Stripe's lists for sync and reconcile: pages that survive a rate limit, and the
-mirrored customers whose own lists (payment methods, tax ids) are walked."""
+"""Walking Stripe's lists for sync and reconcile: the kinds `--only` names, pages that
+survive a rate limit, and the mirrored customers whose own lists (payment methods, tax
+ids) are walked."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Select, not_, select
@@ -19,6 +20,20 @@ RATE_LIMIT_RETRIES = 3
 Sleep = Callable[[float], Awaitable[None]]
 
 _CUSTOMERS = table_of(Customer)
+
+
+def choose_kinds(value: str | None, choices: Sequence[str]) -> list[str]:
+    """`--only a,b`: the kinds named, in the order of `choices`; all of them when None.
+    ValueError names what is unknown."""
+    if value is None:
+        return list(choices)
+    names = {name.strip() for name in value.split(",") if name.strip()}
+    unknown = sorted(names - set(choices))
+    if unknown or not names:
+        raise ValueError(
+            f"unknown kind(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(choices)}"
+        )
+    return [kind for kind in choices if kind in names]
 
 
 def retry_after(exc: StripeUnavailable) -> float | None:

@@ -9,7 +9,7 @@ touches a session or Stripe.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, cast
@@ -298,20 +298,6 @@ KINDS: dict[MirrorKind, MirroredKind] = {
         ),
     )
 }
-
-
-def choose_kinds(value: str | None, choices: Sequence[str]) -> list[str]:
-    """`--only a,b`: the kinds named, in the order of `choices`; all of them when None.
-    ValueError names what is unknown."""
-    if value is None:
-        return list(choices)
-    names = {name.strip() for name in value.split(",") if name.strip()}
-    unknown = sorted(names - set(choices))
-    if unknown or not names:
-        raise ValueError(
-            f"unknown kind(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(choices)}"
-        )
-    return [kind for kind in choices if kind in names]
 
 
 def kind_named(cli: str) -> MirroredKind:

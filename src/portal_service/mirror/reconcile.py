@@ -26,9 +26,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from portal_service.errors import StripeUnavailable
 from portal_service.gateway import Fetched, Gateway, StripeObjectMissing
 from portal_service.mirror import tables
-from portal_service.mirror.listing import RATE_LIMIT_RETRIES, live_customer_ids, pages, retry_after
+from portal_service.mirror.listing import (
+    RATE_LIMIT_RETRIES,
+    choose_kinds,
+    live_customer_ids,
+    pages,
+    retry_after,
+)
 from portal_service.mirror.ordering import Outcome, Watermark
-from portal_service.mirror.projections import KINDS, MirrorKind, choose_kinds, kind_named
+from portal_service.mirror.projections import KINDS, MirrorKind, kind_named
 from portal_service.mirror.tables import table_of
 from portal_service.mirror.ties import apply_answer, fetch_answer
 

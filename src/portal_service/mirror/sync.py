@@ -27,11 +27,12 @@ from portal_service.mirror.linking import claim_app_user
 from portal_service.mirror.listing import (
     RATE_LIMIT_RETRIES,
     Sleep,
+    choose_kinds,
     live_customer_ids,
     pages,
 )
 from portal_service.mirror.ordering import Outcome
-from portal_service.mirror.projections import ENTITLEMENT_SUMMARY, KINDS, choose_kinds, kind_named
+from portal_service.mirror.projections import ENTITLEMENT_SUMMARY, KINDS, kind_named
 from portal_service.mirror.reconcile import Reconciler
 from portal_service.mirror.sync_state import mark_completed, save_cursor, start_kinds, state_key
 from portal_service.mirror.tables import Customer, StripeEvent, table_of
