@@ -21,13 +21,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from portal_service.app_state import app_state
 from portal_service.gateway import offline_objects as sim
-from portal_service.gateway.offline import (
-    FormRejected,
-    OfflineGateway,
-    PortalState,
-    SessionUnavailable,
-)
+from portal_service.gateway import offline_subscriptions as subs
+from portal_service.gateway.offline import OfflineGateway
+from portal_service.gateway.offline_page import FormRejected, PortalState, SessionUnavailable
 from portal_service.portal.offline_i18n import has_text, language, translate
+from portal_service.portal.offline_rules import PORTAL_RULES
 
 router = APIRouter()
 
@@ -184,7 +182,7 @@ async def offline_portal_action(request: Request, token: str) -> Response:
     lang = _lang_of(request, state)
     action = fields["action"]
     try:
-        await gateway.act(state, action, fields)
+        await gateway.act(state, action, fields, rules=PORTAL_RULES)
     except sim.ActionRefused as exc:
         # Stripe's own words where the page has them in this language, else the detail.
         key = f"refused_{exc.reason}"
@@ -379,7 +377,7 @@ class _Renderer:
         return "".join(parts)
 
     def subscription_card(self, sub: dict[str, Any]) -> str:
-        terms = sim.offer(sub, self.state.configuration)
+        terms = subs.offer(sub, self.state.configuration, rules=PORTAL_RULES)
         status = str(sub.get("status") or "")
         status_key = f"status_{status}"
         status_text = (
@@ -439,7 +437,7 @@ class _Renderer:
         )
 
     def cancel_view(self, sub: dict[str, Any]) -> str:
-        terms = sim.offer(sub, self.state.configuration)
+        terms = subs.offer(sub, self.state.configuration, rules=PORTAL_RULES)
         if not terms.can_cancel:
             return f"<p class='error'>{self.t('error_action', detail='—')}</p>{self.back()}"
         end = min(i.get("current_period_end") or 0 for i in sub["items"]["data"]) or None
@@ -473,7 +471,7 @@ class _Renderer:
         )
 
     def update_view(self, sub: dict[str, Any]) -> str:
-        terms = sim.offer(sub, self.state.configuration)
+        terms = subs.offer(sub, self.state.configuration, rules=PORTAL_RULES)
         if not terms.can_update:
             reasons = ", ".join(terms.reasons) or "—"
             return f"<p class='error'>{self.t('not_available', reasons=reasons)}</p>{self.back()}"
