@@ -15,13 +15,13 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from portal_service.config import ConfigError, Settings, get_settings
+from portal_service.portal.config_diff import mode_name
 from portal_service.portal.config_sync import (
     CatalogProblems,
     ConfigSyncError,
     apply_file,
     check_catalog,
     diff_lines,
-    mode_name,
     plan_configurations,
 )
 from portal_service.portal.configs import (
