@@ -155,7 +155,7 @@ class OfflinePortal(OfflineStore):
                 )
                 .values(used_at=utcnow())
             )
-            if used.rowcount != 1:  # type: ignore[attr-defined]
+            if used.rowcount != 1:  # type: ignore[attr-defined]  # a CursorResult for an UPDATE
                 await session.rollback()
                 raise FormRejected("replayed")
             row.last_activity = self._clock()
