@@ -52,7 +52,7 @@ def add_card(
     return out
 
 
-def _set_default(out: Emitted, customer: dict[str, Any], method_id: str) -> None:
+def _set_default(out: Emitted, customer: dict[str, Any], method_id: str | None) -> None:
     after = copy.deepcopy(customer)
     after["invoice_settings"]["default_payment_method"] = method_id
     out.emit(
@@ -89,13 +89,7 @@ def remove_card(
     out = Emitted()
     out.emit("payment_method.detached", detached, {"customer": customer["id"]})
     if is_default:
-        after = copy.deepcopy(customer)
-        after["invoice_settings"]["default_payment_method"] = None
-        out.emit(
-            "customer.updated",
-            after,
-            {"invoice_settings": copy.deepcopy(customer["invoice_settings"])},
-        )
+        _set_default(out, customer, None)
     return out
 
 
