@@ -30,9 +30,9 @@ from portal_service.ops.logging import configure_logging
 from portal_service.ops.middleware import ProblemCORSMiddleware, RequestContextMiddleware
 from portal_service.ops.routes import router as ops_router
 from portal_service.ops.security_headers import SecurityHeadersMiddleware
-from portal_service.portal.configs import load_portal_config
 from portal_service.portal.flows import TaxBehaviorCache
 from portal_service.portal.routes import router as portal_router
+from portal_service.portal.startup import portal_config
 
 # The JSON bodies of the API are a few hundred bytes; webhooks have their own,
 # configurable limit (WEBHOOK_MAX_BODY_BYTES) and answer 400 past it.
@@ -63,6 +63,8 @@ class PortalApp(FastAPI):
 def create_app(settings: Settings | None = None, *, gateway: Gateway | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.check()
+    # Parsed by the start-up check above: the app's requests read this one (AppState).
+    checked_portal_config = portal_config(settings)
     settings = development_settings(settings)
     configure_logging(level=settings.log_level, fmt=settings.log_format)
 
@@ -79,9 +81,7 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
         state.read_sessionmaker = create_sessionmaker(for_reads(read_engine))
         state.gateway = gateway or build_gateway(settings, app, mirrored=mirrored_objects)
         state.jwks = JwksCache(settings.auth_jwks_url) if settings.auth_jwks_url else None
-        state.portal_config = (
-            load_portal_config(settings.portal_config_file) if settings.portal_config_file else None
-        )
+        state.portal_config = checked_portal_config
         notifier = Notifier(state.sessionmaker, settings) if settings.notify_url else None
         state.notifier = notifier
         if notifier is not None:

@@ -42,13 +42,9 @@ INBOX = "portal_service.mirror.inbox"
 INBOX_MAY_NOT_IMPORT = ("gateway", "mirror.apply", "mirror.ties", "mirror.intake")
 
 # Wrong-way imports that remain, each with what it is waiting for. The test fails when one
-# disappears too, so the list only shrinks.
-KNOWN_EXCEPTIONS = {
-    # The stand-in's portal decides like GET /me/subscriptions, from the typed payload and
-    # with access/policy.py's pure decisions.
-    ("portal_service.gateway.offline_objects", "portal_service.mirror.stripe_models"),
-    ("portal_service.gateway.offline_objects", "portal_service.access.policy"),
-}
+# disappears too, so the list only shrinks. None remain: the stand-in's portal is handed its
+# rules by the portal page (portal/offline_rules.py) instead of importing access/ and mirror/.
+KNOWN_EXCEPTIONS: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True, slots=True)

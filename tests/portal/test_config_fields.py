@@ -19,10 +19,10 @@ from portal_service.config import Settings
 from portal_service.db import create_sessionmaker
 from portal_service.gateway.stripe import StripeGateway
 from portal_service.portal import configs
+from portal_service.portal.config_diff import compare
 from portal_service.portal.config_sync import (
     ConfigSyncError,
     apply_file,
-    compare,
     plan_configurations,
 )
 from portal_service.portal.configs import PortalConfigError, PortalConfigFile, load_portal_config

@@ -24,12 +24,11 @@ from portal_service.db import create_engine, create_sessionmaker
 from portal_service.gateway.stripe import StripeGateway
 from portal_service.mirror.tables import PortalConfiguration
 from portal_service.portal.config_cli import portal_config_app
+from portal_service.portal.config_diff import compare, declared_params
 from portal_service.portal.config_sync import (
     CatalogProblems,
     ConfigSyncError,
     apply_file,
-    compare,
-    declared_params,
     diff_lines,
     idempotency_key,
     plan_configurations,

@@ -15,6 +15,7 @@ from portal_service.portal.configs import (
     Selected,
     load_portal_config,
 )
+from portal_service.portal.startup import portal_config
 
 FULL = """
 [configurations.basic]
@@ -131,6 +132,23 @@ class TestLoadPortalConfig:
         settings = settings_factory(portal_config_file=str(write(tmp_path, "rules = 3\n")))
         with pytest.raises(ConfigError, match="PORTAL_CONFIG_FILE"):
             settings.check()
+
+    def test_the_file_is_read_once_for_the_settings_that_name_it(
+        self, tmp_path: Path, settings_factory: Callable[..., Any]
+    ) -> None:
+        path = write(tmp_path, FULL)
+        settings = settings_factory(portal_config_file=str(path))
+        settings.check()
+        parsed = portal_config(settings)
+        assert parsed is not None
+        assert parsed.configurations
+        path.unlink()
+        # Checked again (create_app after the CLI's own check): the parse is reused.
+        settings.check()
+        assert portal_config(settings) is parsed
+        # Other settings naming the same path read the file themselves.
+        with pytest.raises(ConfigError, match="PORTAL_CONFIG_FILE"):
+            settings_factory(portal_config_file=str(path)).check()
 
 
 @pytest.mark.sqlite

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from portal_service.gateway import offline_objects as sim
+from portal_service.gateway import offline_subscriptions as subs
+from portal_service.portal.offline_rules import PORTAL_RULES
 
 NOW = 1_800_000_000
 
@@ -62,7 +64,7 @@ def _with_second_item(sub: dict[str, Any], price: dict[str, Any]) -> dict[str, A
 
 class TestOffer:
     def test_a_plain_subscription_can_do_everything_the_configuration_enables(self) -> None:
-        terms = sim.offer(_subscription(), CONFIGURATION)
+        terms = subs.offer(_subscription(), CONFIGURATION, rules=PORTAL_RULES)
         assert (terms.can_cancel, terms.can_update, terms.quantity, terms.can_pause) == (
             True,
             True,
@@ -89,36 +91,53 @@ class TestOffer:
     def test_the_portals_limitations_hold(
         self, sub: dict[str, Any], reason: str, can_cancel: bool
     ) -> None:
-        terms = sim.offer(sub, CONFIGURATION)
+        terms = subs.offer(sub, CONFIGURATION, rules=PORTAL_RULES)
         assert reason in terms.reasons
         assert terms.can_update is False
         assert terms.can_cancel is can_cancel
         with pytest.raises(sim.ActionRefused):
-            sim.update_subscription(sub, CONFIGURATION, PRICES, quantity=2, price_id=None)
+            subs.update_subscription(
+                sub, CONFIGURATION, PRICES, rules=PORTAL_RULES, quantity=2, price_id=None
+            )
 
     def test_a_disabled_feature_is_not_offered(self) -> None:
         configuration = copy.deepcopy(CONFIGURATION)
         configuration["features"]["subscription_cancel"]["enabled"] = False
         configuration["features"]["subscription_pause"]["enabled"] = False
-        terms = sim.offer(_subscription(), configuration)
+        terms = subs.offer(_subscription(), configuration, rules=PORTAL_RULES)
         assert (terms.can_cancel, terms.can_pause) == (False, False)
         with pytest.raises(sim.ActionRefused) as refused:
-            sim.cancel_subscription(
-                _subscription(), configuration, now=NOW, reason=None, mode="at_period_end"
+            subs.cancel_subscription(
+                _subscription(),
+                configuration,
+                rules=PORTAL_RULES,
+                now=NOW,
+                reason=None,
+                mode="at_period_end",
             )
         assert refused.value.reason == "cannot_cancel"
 
     def test_a_price_of_another_tax_behavior_is_refused(self) -> None:
         with pytest.raises(sim.ActionRefused) as refused:
-            sim.update_subscription(
-                _subscription(), CONFIGURATION, PRICES, quantity=None, price_id="price_i"
+            subs.update_subscription(
+                _subscription(),
+                CONFIGURATION,
+                PRICES,
+                rules=PORTAL_RULES,
+                quantity=None,
+                price_id="price_i",
             )
         assert refused.value.reason == "tax_behavior_mismatch"
 
     def test_cancel_at_period_end_sets_what_stripe_sets(self) -> None:
         sub = _subscription()
-        out = sim.cancel_subscription(
-            sub, CONFIGURATION, now=NOW + 5, reason="unused", mode="at_period_end"
+        out = subs.cancel_subscription(
+            sub,
+            CONFIGURATION,
+            rules=PORTAL_RULES,
+            now=NOW + 5,
+            reason="unused",
+            mode="at_period_end",
         )
         ((event_type, obj, previous),) = out.events
         assert event_type == "customer.subscription.updated"
@@ -128,4 +147,6 @@ class TestOffer:
         assert previous["cancel_at_period_end"] is False
         assert sub["cancel_at_period_end"] is False  # the input is never changed in place
         with pytest.raises(sim.ActionRefused):
-            sim.cancel_subscription(sub, CONFIGURATION, now=NOW, reason=None, mode="immediately")
+            subs.cancel_subscription(
+                sub, CONFIGURATION, rules=PORTAL_RULES, now=NOW, reason=None, mode="immediately"
+            )

@@ -1,5 +1,14 @@
 """to_jsonable: what the SDK returns (StripeObject, Decimal, datetime, ...) as plain JSON values,
-so a payload crosses the gateway as data the mirror can store as it is."""
+so a payload crosses the gateway as data the mirror can store as it is.
+
+Hand-written because the SDK's own dump is not exact: stripe v16's
+`StripeObject.to_dict(for_json=True)` recurses into StripeObjects and lists of them only, so a
+Decimal inside a plain list of a list stays a Decimal; it writes a Decimal with `str()`
+(`Decimal("1E+3")` becomes "1E+3", where Stripe's JSON says "1000"); it turns a datetime
+into a Unix timestamp; and it lets NaN and Infinity through, which jsonb refuses. No
+library in the lock does this conversion either (pydantic's `to_jsonable_python` writes
+Decimals as "1E+3" and passes NaN on).
+"""
 
 from __future__ import annotations
 

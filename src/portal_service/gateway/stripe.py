@@ -31,10 +31,10 @@ log = get_logger("portal_service.gateway")
 DEFAULT_RETRY_AFTER_SECONDS = "2"
 
 
-def _stripe_date(obj: Any) -> datetime:
+def _stripe_date(obj: stripe.StripeObject) -> datetime:
     """Stripe's `Date` header of the response that carried `obj`; the local clock without one."""
-    response = getattr(obj, "last_response", None)
-    headers = getattr(response, "headers", None) or {}
+    response = obj.last_response
+    headers = response.headers if response is not None else {}
     for name, value in headers.items():
         if name.lower() == "date":
             try:
@@ -44,8 +44,20 @@ def _stripe_date(obj: Any) -> datetime:
     return utcnow()
 
 
-def _fetched(obj: Any) -> Fetched:
-    return Fetched(object=to_jsonable(obj.to_dict()), fetched_at=_stripe_date(obj))
+def _plain(obj: stripe.StripeObject) -> dict[str, Any]:
+    """The SDK object as the JSON Stripe sent (to_jsonable: Decimals as Stripe writes them)."""
+    plain: dict[str, Any] = to_jsonable(obj.to_dict())
+    return plain
+
+
+def _fetched(obj: stripe.StripeObject) -> Fetched:
+    return Fetched(object=_plain(obj), fetched_at=_stripe_date(obj))
+
+
+def _sdk_params(params: dict[str, Any]) -> Any:
+    # Any: the SDK types each method's params as its own TypedDict; ours are Stripe's JSON
+    # parameters as the callers build them (portal/, mirror/), checked by Stripe itself.
+    return params
 
 
 def _account_options(account: str) -> Any:
@@ -57,14 +69,12 @@ class StripeGateway:
     def __init__(self, settings: Settings) -> None:
         assert settings.stripe_api_key is not None  # noqa: S101 - offline mode uses OfflineGateway
         self._http = stripe.HTTPXClient(timeout=settings.stripe_timeout)
-        base: dict[str, str] = {}
-        if settings.stripe_api_base:
-            base = {"api": settings.stripe_api_base.rstrip("/")}
+        api_base = settings.stripe_api_base
         self._client = stripe.StripeClient(
             settings.stripe_api_key.get_secret_value(),
             stripe_version=settings.stripe_api_version,
             max_network_retries=settings.stripe_max_network_retries,
-            base_addresses=base,  # type: ignore[arg-type]  # TypedDict of optional keys
+            base_addresses={"api": api_base.rstrip("/")} if api_base else {},
             http_client=self._http,
         )
 
@@ -104,33 +114,31 @@ class StripeGateway:
     async def create_customer(
         self, *, email: str | None, app_user_id: str, idempotency_key: str
     ) -> dict[str, Any]:
-        params: dict[str, Any] = {"metadata": {"app_user_id": app_user_id}}
+        params: stripe.params.CustomerCreateParams = {"metadata": {"app_user_id": app_user_id}}
         if email:
             params["email"] = email
         customer = await self._call(
             "customers.create",
             lambda: self._client.v1.customers.create_async(
-                params=params,  # type: ignore[arg-type]
-                options={"idempotency_key": idempotency_key},
+                params=params, options={"idempotency_key": idempotency_key}
             ),
         )
-        return to_jsonable(customer.to_dict())  # type: ignore[no-any-return]
+        return _plain(customer)
 
     async def create_portal_session(
         self, params: dict[str, Any], *, idempotency_key: str | None, service_url: str
     ) -> dict[str, Any]:
         del service_url  # Stripe hosts its portal itself
-        options: dict[str, Any] = {}
+        options: stripe.RequestOptions = {}
         if idempotency_key is not None:
             options["idempotency_key"] = idempotency_key
         session = await self._call(
             "billing_portal.sessions.create",
             lambda: self._client.v1.billing_portal.sessions.create_async(
-                params=params,  # type: ignore[arg-type]
-                options=options,  # type: ignore[arg-type]
+                params=_sdk_params(params), options=options
             ),
         )
-        return to_jsonable(session.to_dict())  # type: ignore[no-any-return]
+        return _plain(session)
 
     async def create_portal_configuration(
         self, params: dict[str, Any], *, idempotency_key: str
@@ -138,7 +146,7 @@ class StripeGateway:
         configuration = await self._call(
             "billing_portal.configurations.create",
             lambda: self._client.v1.billing_portal.configurations.create_async(
-                params=params,  # type: ignore[arg-type]
+                params=_sdk_params(params),
                 options={"idempotency_key": idempotency_key},
             ),
         )
@@ -151,7 +159,7 @@ class StripeGateway:
             "billing_portal.configurations.update",
             lambda: self._client.v1.billing_portal.configurations.update_async(
                 configuration_id,
-                params=params,  # type: ignore[arg-type]
+                params=_sdk_params(params),
                 options={"idempotency_key": idempotency_key},
             ),
         )
@@ -160,7 +168,7 @@ class StripeGateway:
     async def retrieve(self, kind: ObjectKind, object_id: str, *, account: str = "") -> Fetched:
         options = _account_options(account)
         v1 = self._client.v1
-        retrievers: dict[str, Callable[[], Awaitable[Any]]] = {
+        retrievers: dict[str, Callable[[], Awaitable[stripe.StripeObject]]] = {
             "customer": lambda: v1.customers.retrieve_async(object_id, options=options),
             "subscription": lambda: v1.subscriptions.retrieve_async(object_id, options=options),
             "invoice": lambda: v1.invoices.retrieve_async(object_id, options=options),
@@ -180,7 +188,7 @@ class StripeGateway:
         return fetched
 
     async def _all(
-        self, operation: str, first: Callable[[], Awaitable[Any]]
+        self, operation: str, first: Callable[[], Awaitable[stripe.ListObject[Any]]]
     ) -> tuple[list[dict[str, Any]], datetime]:
         """Every object of a list, page after page, each page through `_call` (errors and
         metrics as for any read); Stripe's Date of the first page."""
@@ -188,7 +196,7 @@ class StripeGateway:
         fetched_at = _stripe_date(page)
         objects: list[dict[str, Any]] = []
         while True:
-            objects.extend(to_jsonable(item.to_dict()) for item in page.data)
+            objects.extend(_plain(item) for item in page.data)
             if not page.has_more or not page.data:
                 return objects, fetched_at
             page = await self._call(operation, page.next_page_async, reads=True)
@@ -240,11 +248,11 @@ class StripeGateway:
         endpoint = await self._call(
             "webhook_endpoints.create",
             lambda: self._client.v1.webhook_endpoints.create_async(
-                params=params,  # type: ignore[arg-type]
+                params=_sdk_params(params),
                 options={"idempotency_key": idempotency_key},
             ),
         )
-        return to_jsonable(endpoint.to_dict())  # type: ignore[no-any-return]
+        return _plain(endpoint)
 
     async def aclose(self) -> None:
         await self._http.close_async()  # type: ignore[no-untyped-call]  # untyped in the SDK
@@ -259,28 +267,26 @@ class StripeGateway:
     ) -> AsyncIterator[ListPage]:
         options = _account_options(account)
         v1 = self._client.v1
-        listers: dict[str, Callable[[], Awaitable[Any]]] = {
-            "customer": lambda: v1.customers.list_async(params, options),  # type: ignore[arg-type]
-            "subscription": lambda: v1.subscriptions.list_async(params, options),  # type: ignore[arg-type]
-            "invoice": lambda: v1.invoices.list_async(params, options),  # type: ignore[arg-type]
+        sdk_params = _sdk_params(params)
+        listers: dict[str, Callable[[], Awaitable[stripe.ListObject[Any]]]] = {
+            "customer": lambda: v1.customers.list_async(sdk_params, options),
+            "subscription": lambda: v1.subscriptions.list_async(sdk_params, options),
+            "invoice": lambda: v1.invoices.list_async(sdk_params, options),
             "payment_method": lambda: v1.customers.payment_methods.list_async(
-                customer or "",
-                params,  # type: ignore[arg-type]
-                options,
+                customer or "", sdk_params, options
             ),
-            "tax_id": lambda: v1.customers.tax_ids.list_async(customer or "", params, options),  # type: ignore[arg-type]
+            "tax_id": lambda: v1.customers.tax_ids.list_async(customer or "", sdk_params, options),
             "billing_portal.configuration": lambda: v1.billing_portal.configurations.list_async(
-                params,  # type: ignore[arg-type]
-                options,
+                sdk_params, options
             ),
-            "event": lambda: v1.events.list_async(params, options),  # type: ignore[arg-type]
+            "event": lambda: v1.events.list_async(sdk_params, options),
         }
         if kind in ("payment_method", "tax_id") and not customer:
             raise ValueError(f"listing {kind} needs a customer")
         operation = f"{kind}.list"
         page = await self._call(operation, listers[kind], reads=True)
         while True:
-            objects = [to_jsonable(item.to_dict()) for item in page.data]
+            objects = [_plain(item) for item in page.data]
             if kind == "subscription":
                 for subscription in objects:
                     await self._complete_items(subscription, account=account)

@@ -15,13 +15,13 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from portal_service.config import ConfigError, Settings, get_settings
+from portal_service.portal.config_diff import mode_name
 from portal_service.portal.config_sync import (
     CatalogProblems,
     ConfigSyncError,
     apply_file,
     check_catalog,
     diff_lines,
-    mode_name,
     plan_configurations,
 )
 from portal_service.portal.configs import (
@@ -29,6 +29,7 @@ from portal_service.portal.configs import (
     PortalConfigFile,
     load_portal_config,
 )
+from portal_service.portal.startup import portal_config
 
 portal_config_app = typer.Typer(
     name="portal-config",
@@ -64,8 +65,13 @@ def _load(file: Path | None) -> tuple[Settings, Path, PortalConfigFile]:
     if path is None:
         raise _fail("no configuration file: set PORTAL_CONFIG_FILE or pass --file")
     try:
+        if file is None:
+            # PORTAL_CONFIG_FILE: parsed once, by the settings' start-up check above.
+            checked = portal_config(settings)
+            if checked is not None:
+                return settings, path, checked
         return settings, path, load_portal_config(path)
-    except PortalConfigError as exc:
+    except (ConfigError, PortalConfigError) as exc:
         raise _fail(str(exc)) from None
 
 

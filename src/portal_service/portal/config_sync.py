@@ -12,9 +12,7 @@ import asyncio
 import hashlib
 import json
 import os
-import re
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,27 +23,19 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from portal_service.errors import DomainError
 from portal_service.gateway import Fetched, Gateway, StripeObjectMissing
 from portal_service.mirror.apply import apply_fetched
-from portal_service.portal.configs import NamedConfiguration, PortalConfigFile
-from portal_service.portal.toml_ids import with_ids
-
-# Lists Stripe may return in another order than the file's: compared as sets.
-_UNORDERED = frozenset(
-    {"allowed_updates", "options", "default_allowed_updates", "prices", "conditions"}
+from portal_service.portal.config_diff import (
+    Difference,
+    compare,
+    declared_params,
+    leaves,
+    mode_name,
 )
-# File keys that are not Stripe configuration parameters.
-_NOT_SENT = frozenset({"ids", "on_behalf_of"})
-_PRODUCTS = "features.subscription_update.products"
+from portal_service.portal.configs import PortalConfigFile
+from portal_service.portal.toml_ids import with_ids
 
 
 class ConfigSyncError(Exception):
     """diff/apply cannot go on; the message is one line for the operator."""
-
-
-@dataclass(frozen=True, slots=True)
-class Difference:
-    path: str
-    declared: Any
-    actual: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,72 +64,6 @@ class Written:
     @property
     def configuration_id(self) -> str:
         return str(self.fetched.object["id"])
-
-
-def mode_name(*, livemode: bool) -> Literal["live", "test"]:
-    return "live" if livemode else "test"
-
-
-def declared_params(configuration: NamedConfiguration) -> dict[str, Any]:
-    """Stripe's create/update parameters for what the file declares (unset fields left out)."""
-    return configuration.model_dump(mode="json", exclude_none=True, exclude=set(_NOT_SENT))
-
-
-def _products_by_id(products: Any) -> dict[str, dict[str, Any]]:
-    if not isinstance(products, list):
-        return {}
-    out: dict[str, dict[str, Any]] = {}
-    for entry in products:
-        if isinstance(entry, dict) and isinstance(entry.get("product"), str):
-            out[entry["product"]] = {k: v for k, v in entry.items() if k != "product"}
-    return out
-
-
-def _leaves(value: Any, path: str) -> Iterator[tuple[str, Any]]:
-    if path == _PRODUCTS:
-        products = _products_by_id(value)
-        yield path, sorted(products)
-        for product_id in sorted(products):
-            yield from _leaves(products[product_id], f"{path}[{product_id}]")
-    elif isinstance(value, dict):
-        for key in sorted(value):
-            yield from _leaves(value[key], f"{path}.{key}" if path else key)
-    else:
-        yield path, value
-
-
-def _actual_at(obj: dict[str, Any], path: str) -> Any:
-    if path == _PRODUCTS:
-        return sorted(_products_by_id(_walk(obj, path.split("."))))
-    match = re.fullmatch(re.escape(_PRODUCTS) + r"\[([^\]]+)\]\.(.+)", path)
-    if match is not None:
-        products = _products_by_id(_walk(obj, _PRODUCTS.split(".")))
-        return _walk(products.get(match.group(1)), match.group(2).split("."))
-    return _walk(obj, path.split("."))
-
-
-def _walk(value: Any, keys: list[str]) -> Any:
-    for key in keys:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(key)
-    return value
-
-
-def _normalised(path: str, value: Any) -> Any:
-    if isinstance(value, list) and path.rsplit(".", 1)[-1] in _UNORDERED:
-        return sorted(value, key=str)
-    return value
-
-
-def compare(configuration: NamedConfiguration, stripe_object: dict[str, Any]) -> list[Difference]:
-    """The declared fields whose value differs in Stripe's configuration, in path order."""
-    differences = []
-    for path, declared in _leaves(declared_params(configuration), ""):
-        actual = _actual_at(stripe_object, path)
-        if _normalised(path, declared) != _normalised(path, actual):
-            differences.append(Difference(path=path, declared=declared, actual=actual))
-    return differences
 
 
 def _stripe_failure(exc: DomainError, what: str) -> ConfigSyncError:
@@ -421,7 +345,7 @@ def diff_lines(plans: list[Plan], *, livemode: bool) -> list[tuple[str, str | No
     for plan in plans:
         if plan.configuration_id is None:
             out.append((f"+ configuration {plan.name}: to create ({mode} mode)", "green"))
-            for path, value in _leaves(plan.params, ""):
+            for path, value in leaves(plan.params, ""):
                 out.append((f"+   {path} = {_shown(value)}", "green"))
         elif plan.differences:
             found = ", found by name" if plan.adopted else ""

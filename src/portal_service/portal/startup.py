@@ -3,10 +3,11 @@ start-up checks: config.py holds the plain values and imports nothing of portal/
 
 from __future__ import annotations
 
+import weakref
 from functools import lru_cache
 
 from portal_service.config import ConfigError, Settings, register_startup_check
-from portal_service.portal.configs import PortalConfigError, load_portal_config
+from portal_service.portal.configs import PortalConfigError, PortalConfigFile, load_portal_config
 from portal_service.portal.return_urls import ReturnUrlAllowlist
 
 
@@ -32,8 +33,28 @@ def check_portal_settings(settings: Settings) -> None:
         settings.portal_default_return_url
     ):
         raise ConfigError("PORTAL_DEFAULT_RETURN_URL is not in PORTAL_RETURN_URL_ALLOWLIST")
-    if settings.portal_config_file is not None:
-        try:
-            load_portal_config(settings.portal_config_file)
-        except PortalConfigError as exc:
-            raise ConfigError(str(exc)) from None
+    portal_config(settings)
+
+
+# What the start-up check parsed, per Settings object (Settings is plain data and holds only
+# the path): the app's lifespan and the commands take the file from here, so it is read once
+# per process start however many times the settings are checked.
+_PARSED: dict[int, tuple[weakref.ref[Settings], str, PortalConfigFile]] = {}
+
+
+def portal_config(settings: Settings) -> PortalConfigFile | None:
+    """PORTAL_CONFIG_FILE parsed (None when it is not set), read once for these settings;
+    ConfigError (one line) if the file cannot be used."""
+    path = settings.portal_config_file
+    if path is None:
+        return None
+    key = id(settings)
+    known = _PARSED.get(key)
+    if known is not None and known[0]() is settings and known[1] == path:
+        return known[2]
+    try:
+        parsed = load_portal_config(path)
+    except PortalConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    _PARSED[key] = (weakref.ref(settings, lambda _: _PARSED.pop(key, None)), path, parsed)
+    return parsed
