@@ -27,6 +27,9 @@ ENTITLEMENTS_CACHE_CONTROL = "private, no-cache"
 _ENTITY_TAG = re.compile(r'(?:W/)?"([^"]*)"\s*(?:,|$)')
 # List elements may be empty (`"a", , "b"`): skip separators between tags.
 _SEPARATORS = re.compile(r"[\s,]*")
+# What json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False) builds on every
+# call, built once.
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def access_policy(settings: Settings) -> AccessPolicy:
@@ -83,12 +86,7 @@ def entitlements_etag(body: Entitlements) -> str:
 
 def etag_of(content: dict[str, Any]) -> str:
     """The ETag of a rendered entitlements body (`evaluated_at`, if present, left out)."""
-    canonical = json.dumps(
-        {k: v for k, v in content.items() if k != "evaluated_at"},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
+    canonical = _CANONICAL_JSON.encode({k: v for k, v in content.items() if k != "evaluated_at"})
     return '"' + hashlib.sha256(canonical.encode()).hexdigest()[:32] + '"'
 
 
