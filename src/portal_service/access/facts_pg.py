@@ -15,7 +15,7 @@ import functools
 from collections import namedtuple
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from sqlalchemy import Row
 from sqlalchemy.engine import Dialect
@@ -58,11 +58,9 @@ class _Prepared:
 
 
 @functools.cache
-def _prepare(key: Literal["app_user_id", "customer_id"], dialect: Dialect) -> _Prepared:
-    if key == "app_user_id":
-        statement, parameters = customer_access_query(livemode=False, app_user_id="")
-    else:
-        statement, parameters = customer_access_query(livemode=False, customer_id="")
+def _prepare(dialect: Dialect) -> _Prepared:
+    """The lookup by app user id (GET /me/entitlements), prepared for `dialect`."""
+    statement, parameters = customer_access_query(livemode=False, app_user_id="")
     compiled: Any = statement.compile(dialect=dialect)
     # The constant IN lists (unpaid invoice statuses) are expanded at execution time;
     # their length never changes, so expand them once here.
@@ -110,7 +108,7 @@ class FastAccessRead:
 
     async def customer_access(self, *, app_user_id: str, livemode: bool) -> CustomerAccess | None:
         """`facts.customer_access(session, app_user_id=.., livemode=..)`, in one round trip."""
-        prepared = _prepare("app_user_id", self._engine.dialect)
+        prepared = _prepare(self._engine.dialect)
         args = prepared.args({"key": app_user_id, "livemode": livemode})
         async with self._slots:
             records = await self._fetch(prepared.sql, args)
