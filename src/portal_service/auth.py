@@ -34,6 +34,7 @@ ASYMMETRIC_ALGORITHMS = (
     "EdDSA",
 )
 JWKS_TTL_SECONDS = 600.0
+JWT_LEEWAY_SECONDS = 30
 JWKS_MIN_REFRESH_SECONDS = 30.0
 _ASYMMETRIC_KEY_TYPES = frozenset({"RSA", "EC", "OKP"})
 # The app_user_id columns are 255 wide.
@@ -174,7 +175,7 @@ async def _decode(token: str, settings: Settings, jwks: JwksCache | None) -> dic
             audience=settings.auth_jwt_audience,
             issuer=settings.auth_jwt_issuer,
             options=options,  # type: ignore[arg-type]  # PyJWT's Options TypedDict
-            leeway=30,
+            leeway=JWT_LEEWAY_SECONDS,
         )
     except jwt.PyJWTError as exc:
         raise Unauthenticated("The bearer token is invalid or expired.") from exc
@@ -200,7 +201,15 @@ def _api_key_caller(presented: str, settings: Settings) -> ApiKeyCaller | None:
 async def _end_user(
     request: Request, settings: Settings, credentials: HTTPAuthorizationCredentials
 ) -> EndUser:
-    claims = await _decode(credentials.credentials, settings, app_state(request).jwks)
+    return await end_user_of(credentials.credentials, settings, app_state(request).jwks)
+
+
+async def end_user_of(token: str, settings: Settings, jwks: JwksCache | None) -> EndUser:
+    """The end user a bearer token names, verified; Unauthenticated (or AuthUnavailable) if not."""
+    return _user_of(await _decode(token, settings, jwks), settings)
+
+
+def _user_of(claims: dict[str, Any], settings: Settings) -> EndUser:
     user_id = claims.get(settings.auth_user_claim)
     if not isinstance(user_id, str | int) or isinstance(user_id, bool) or str(user_id) == "":
         raise Unauthenticated(f"The token has no '{settings.auth_user_claim}' claim.")
@@ -211,6 +220,51 @@ async def _end_user(
         )
     email = claims.get("email")
     return EndUser(user_id=str(user_id), email=email if isinstance(email, str) else None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    settings: Settings
+    user: EndUser
+    valid_from: float
+    valid_until: float
+
+
+class VerifiedTokens:
+    """HS256 tokens already verified, keyed by the exact token string, so a client polling
+    with one token pays for its signature and claims once. Only the secret's tokens: one
+    secret, no key rotation to follow (JWKS tokens are verified every time). `exp`, `nbf`
+    and `iat` are still checked on every request, with PyJWT's rule and leeway; a token
+    outside its window is verified again, and refused as before. Bounded: emptied when full.
+    """
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._max_entries = max_entries
+        self._entries: dict[str, _Verified] = {}
+
+    async def end_user(self, token: str, settings: Settings, jwks: JwksCache | None) -> EndUser:
+        now = time.time()
+        hit = self._entries.get(token)
+        if hit is not None and hit.settings is settings:
+            if hit.valid_from <= now < hit.valid_until:
+                return hit.user
+            del self._entries[token]
+        claims = await _decode(token, settings, jwks)
+        user = _user_of(claims, settings)
+        if settings.auth_jwt_secret is not None:
+            if len(self._entries) >= self._max_entries:
+                self._entries.clear()
+            valid_from, valid_until = _window(claims)
+            self._entries[token] = _Verified(settings, user, valid_from, valid_until)
+        return user
+
+
+def _window(claims: dict[str, Any]) -> tuple[float, float]:
+    """When PyJWT accepts claims it has accepted once (its `_validate_iat`, `_validate_nbf`
+    and `_validate_exp`, leeway included): from the latest of iat and nbf, until exp."""
+    starts = [int(claims[name]) for name in ("iat", "nbf") if name in claims]
+    valid_from = max(starts) - JWT_LEEWAY_SECONDS if starts else float("-inf")
+    return valid_from, int(claims["exp"]) + JWT_LEEWAY_SECONDS
 
 
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]

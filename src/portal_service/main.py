@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from portal_service import __version__
+from portal_service.access.fast_lane import EntitlementsFastLane
 from portal_service.access.routes import router as access_router
 from portal_service.app_state import AppState, state_of
 from portal_service.auth import JwksCache
@@ -105,6 +106,8 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
     state_of(app).settings = settings
     state_of(app).tax_behavior_cache = TaxBehaviorCache()
     install_error_handlers(app)
+    # Inside the body limit and CORS, like the route it stands in for.
+    app.add_middleware(EntitlementsFastLane)
     install_body_limit(app, max_bytes=JSON_MAX_BODY_BYTES, exempt_paths=("/webhooks",))
     app.add_middleware(WebhookFastLane)
     if settings.cors_allow_origins:

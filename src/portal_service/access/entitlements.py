@@ -12,15 +12,31 @@ import re
 from datetime import datetime
 from typing import Any
 
+from fastapi.responses import JSONResponse, Response
+
 from portal_service.access.facts import CustomerAccess
 from portal_service.access.policy import AccessPolicy, access_until, grants_access
 from portal_service.access.schemas import EntitledProduct, Entitlements
+from portal_service.config import Settings
+from portal_service.db import utcnow
+
+ENTITLEMENTS_CACHE_CONTROL = "private, no-cache"
 
 # An entity-tag (RFC 9110 section 8.8.3): optional weak prefix, then a quoted opaque tag
 # that may itself contain commas, so a list is scanned tag by tag rather than split.
 _ENTITY_TAG = re.compile(r'(?:W/)?"([^"]*)"\s*(?:,|$)')
 # List elements may be empty (`"a", , "b"`): skip separators between tags.
 _SEPARATORS = re.compile(r"[\s,]*")
+# What json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False) builds on every
+# call, built once.
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def access_policy(settings: Settings) -> AccessPolicy:
+    return AccessPolicy(
+        past_due_grace_days=settings.access_past_due_grace_days,
+        access_during_paused_collection=settings.access_during_paused_collection,
+    )
 
 
 def evaluate_entitlements(
@@ -70,13 +86,28 @@ def entitlements_etag(body: Entitlements) -> str:
 
 def etag_of(content: dict[str, Any]) -> str:
     """The ETag of a rendered entitlements body (`evaluated_at`, if present, left out)."""
-    canonical = json.dumps(
-        {k: v for k, v in content.items() if k != "evaluated_at"},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
+    canonical = _CANONICAL_JSON.encode({k: v for k, v in content.items() if k != "evaluated_at"})
     return '"' + hashlib.sha256(canonical.encode()).hexdigest()[:32] + '"'
+
+
+def entitlements_response(
+    customer: CustomerAccess | None,
+    policy: AccessPolicy,
+    if_none_match: str | None,
+    *,
+    extra_headers: dict[str, str] | None = None,
+) -> Response:
+    """The entitlements answer with its ETag, or an empty 304 when the client's copy is current.
+
+    Rendered here once, for the ETag and the body alike, rather than validated and
+    serialised again by FastAPI.
+    """
+    content = entitlements_content(evaluate_entitlements(customer, policy=policy, now=utcnow()))
+    etag = etag_of(content)
+    headers = {"ETag": etag, "Cache-Control": ENTITLEMENTS_CACHE_CONTROL, **(extra_headers or {})}
+    if none_match_hits(if_none_match, etag):
+        return Response(status_code=304, headers=headers)
+    return JSONResponse(content, headers=headers)
 
 
 def none_match_hits(if_none_match: str | None, etag: str) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Response
-from fastapi.responses import JSONResponse
 
 from portal_service.access.billing import (
     customer_profile,
@@ -18,12 +17,11 @@ from portal_service.access.billing import (
     subscriptions_page,
 )
 from portal_service.access.entitlements import (
-    entitlements_content,
-    etag_of,
-    evaluate_entitlements,
-    none_match_hits,
+    ENTITLEMENTS_CACHE_CONTROL,
+    access_policy,
+    entitlements_response,
 )
-from portal_service.access.facts import CustomerAccess, customer_access, linked_customer
+from portal_service.access.facts import customer_access, linked_customer
 from portal_service.access.policy import AccessPolicy
 from portal_service.access.schemas import (
     BillingCustomer,
@@ -48,7 +46,6 @@ from portal_service.pagination import PageParams
 
 router = APIRouter()
 
-ENTITLEMENTS_CACHE_CONTROL = "private, no-cache"
 _ETAG_HEADER = {
     "ETag": {
         "description": "Hash of the body without `evaluated_at`; send it back in `If-None-Match`.",
@@ -69,10 +66,7 @@ _BACKEND_ERRORS = (Unauthenticated, Forbidden)
 
 async def _access_policy(settings: AppSettings) -> AccessPolicy:
     # async: a plain `def` dependency would cost a thread-pool hop per request.
-    return AccessPolicy(
-        past_due_grace_days=settings.access_past_due_grace_days,
-        access_during_paused_collection=settings.access_during_paused_collection,
-    )
+    return access_policy(settings)
 
 
 Policy = Annotated[AccessPolicy, Depends(_access_policy)]
@@ -99,26 +93,6 @@ async def _caller_customer(
 
 
 CallerCustomer = Annotated[Customer, Depends(_caller_customer)]
-
-
-def _conditional(
-    customer: CustomerAccess | None,
-    policy: AccessPolicy,
-    if_none_match: str | None,
-    *,
-    extra_headers: dict[str, str] | None = None,
-) -> Response:
-    """The entitlements answer with its ETag, or an empty 304 when the client's copy is current.
-
-    Rendered here once, for the ETag and the body alike, rather than validated and
-    serialised again by FastAPI.
-    """
-    content = entitlements_content(evaluate_entitlements(customer, policy=policy, now=utcnow()))
-    etag = etag_of(content)
-    headers = {"ETag": etag, "Cache-Control": ENTITLEMENTS_CACHE_CONTROL, **(extra_headers or {})}
-    if none_match_hits(if_none_match, etag):
-        return Response(status_code=304, headers=headers)
-    return JSONResponse(content, headers=headers)
 
 
 @router.get(
@@ -165,7 +139,9 @@ async def get_my_entitlements(
 ) -> Response:
     customer = await customer_access(session, app_user_id=user.user_id, livemode=settings.livemode)
     # The same URL answers for whoever holds the token: a cache must key on it.
-    return _conditional(customer, policy, if_none_match, extra_headers={"Vary": "Authorization"})
+    return entitlements_response(
+        customer, policy, if_none_match, extra_headers={"Vary": "Authorization"}
+    )
 
 
 @router.get(
@@ -216,7 +192,7 @@ async def get_customer_entitlements(
     customer = await customer_access(session, customer_id=customer_id, livemode=settings.livemode)
     if customer is None:
         raise CustomerNotFound()
-    return _conditional(customer, policy, if_none_match)
+    return entitlements_response(customer, policy, if_none_match)
 
 
 @router.get(
@@ -236,4 +212,4 @@ async def get_user_entitlements(
     if_none_match: IfNoneMatch = None,
 ) -> Response:
     customer = await customer_access(session, app_user_id=app_user_id, livemode=settings.livemode)
-    return _conditional(customer, policy, if_none_match)
+    return entitlements_response(customer, policy, if_none_match)
