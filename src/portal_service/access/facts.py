@@ -168,17 +168,10 @@ _SUBSCRIPTION_COLUMNS = (
     "collection_method",
     "schedule_id",
 )
-_ITEM_COLUMNS = ITEM_FACT_COLUMNS
 
 
 def _item_facts(item: SubscriptionItem | Row[*tuple[Any, ...]]) -> ItemFacts:
-    return ItemFacts(
-        price_id=item.price_id,
-        product_id=item.product_id,
-        quantity=item.quantity,
-        usage_type=item.usage_type,
-        tax_behavior=item.tax_behavior,
-    )
+    return ItemFacts(**{name: getattr(item, name) for name in ITEM_FACT_COLUMNS})
 
 
 def _facts(
@@ -268,7 +261,7 @@ def _customer_access_statement(key: Literal["app_user_id", "customer_id"]) -> Co
             *(col(getattr(Subscription, name)).label(name) for name in _SUBSCRIPTION_COLUMNS),
             _oldest_unpaid_invoice_created().label("oldest_unpaid_invoice_created"),
             col(SubscriptionItem.id).label("item_id"),
-            *(col(getattr(SubscriptionItem, name)).label(name) for name in _ITEM_COLUMNS),
+            *(col(getattr(SubscriptionItem, name)).label(name) for name in ITEM_FACT_COLUMNS),
             null().label("lookup_key"),
         )
         .select_from(Customer)

@@ -5,7 +5,7 @@ against 17 us through asyncpg, bench/README.md).
 Only the transport differs from the general path (mirror/intake.py): the statements are the
 general path's own SQLAlchemy constructs, compiled once for asyncpg and run as prepared
 statements (asyncpg caches them per connection), bound through SQLAlchemy's own bind
-processors; the decision is `ordering.decide` and the rows are `apply.plan_write`. Anything
+processors; the decision is `ordering.decide` and the rows are `write_plan.plan_write`.
 that is not a new event decided without Stripe (a redelivery, a tie for Stripe, a failure
 of any kind) rolls back and goes to the general path, which then does all of it: nothing
 is acknowledged before a commit, so the event is applied once, or recorded `failed` there.
@@ -24,18 +24,18 @@ from sqlalchemy import JSON, Executable, Table
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from portal_service.mirror.apply import (
+from portal_service.mirror.apply import row_query
+from portal_service.mirror.observers import APPLY_OBSERVER
+from portal_service.mirror.ordering import Incoming, Outcome, RowState, Source, decide
+from portal_service.mirror.projections import MirrorKind
+from portal_service.mirror.write_plan import (
     ENTITLEMENTS_LEFT_OUT,
     ITEMS_LEFT_OUT,
     WritePlan,
     plan_write,
-    row_query,
     upsert_batches,
     upsert_statement,
 )
-from portal_service.mirror.observers import APPLY_OBSERVER
-from portal_service.mirror.ordering import Incoming, Outcome, RowState, Source, decide
-from portal_service.mirror.projections import MirrorKind
 
 
 @dataclass(frozen=True, slots=True)

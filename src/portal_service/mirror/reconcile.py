@@ -4,21 +4,19 @@ Per kind, the mirror's rows are read first, then Stripe's objects (whole lists, 
 retrieve per sampled row), outside any transaction; each difference is one `Drift`:
 `missing_here` (Stripe has it, the mirror does not), `missing_there` (a live row Stripe no
 longer lists: a payment method detached or an object deleted while no webhook came), or
-`differs` (the columns the mirror projects from Stripe's object are not what Stripe says).
-A fix applies Stripe's own answer through the webhooks' upsert path (`apply_answer`), so the
-ordering rules hold: an event newer than the read still wins. Nothing is removed on the
-strength of a list alone: a row Stripe did not list is retrieved first, and only a 404
-tombstones it.
+`differs` (the columns the mirror projects from Stripe's object are not what Stripe says);
+the comparisons themselves are in mirror/drift.py. A fix applies Stripe's own answer
+through the webhooks' upsert path (`apply_answer`), so the ordering rules hold: an event
+newer than the read still wins. Nothing is removed on the strength of a list alone: a row
+Stripe did not list is retrieved first, and only a 404 tombstones it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -26,6 +24,16 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from portal_service.errors import StripeUnavailable
 from portal_service.gateway import Fetched, Gateway, StripeObjectMissing
 from portal_service.mirror import tables
+from portal_service.mirror.drift import (
+    Drift,
+    ItemState,
+    KindReport,
+    MirroredRow,
+    Problem,
+    differing_fields,
+    entitlement_changes,
+    stripe_items,
+)
 from portal_service.mirror.listing import (
     RATE_LIMIT_RETRIES,
     choose_kinds,
@@ -33,8 +41,8 @@ from portal_service.mirror.listing import (
     pages,
     retry_after,
 )
-from portal_service.mirror.ordering import Outcome, Watermark
-from portal_service.mirror.projections import KINDS, MirrorKind, kind_named
+from portal_service.mirror.ordering import Outcome
+from portal_service.mirror.projections import KINDS, kind_named
 from portal_service.mirror.tables import table_of
 from portal_service.mirror.ties import apply_answer, fetch_answer
 
@@ -42,92 +50,15 @@ RECONCILE_KINDS: tuple[str, ...] = tuple(
     entry.cli for entry in KINDS.values() if entry.cli is not None
 )
 """The kinds reconcile compares, by their `--only` names, in the order it compares them."""
-Problem = Literal["missing_here", "missing_there", "differs"]
 OnProgress = Callable[[str, int], None]
-
-# Bookkeeping columns: what the mirror adds, not what Stripe says.
-_NOT_COMPARED = frozenset(
-    {"id", "livemode", "account", "raw", "source_ts", "source_event_id", "updated_at"}
-)
-
 
 _ENTITLEMENTS = table_of(tables.Entitlement)
 _ITEMS = table_of(tables.SubscriptionItem)
-ItemState = dict[str, tuple[str | None, int | None]]
-"""A subscription's items: item id -> (price id, quantity)."""
 
 
 def parse_kinds(value: str | None) -> list[str]:
     """`--only a,b`: the kinds named, in reconcile order; every kind when None."""
     return choose_kinds(value, RECONCILE_KINDS)
-
-
-@dataclass(frozen=True, slots=True)
-class Drift:
-    kind: str  # its `--only` name
-    object_id: str
-    problem: Problem
-    fields: tuple[str, ...] = ()
-    # Stripe's object when the comparison read it (None: to be retrieved on a fix).
-    fetched: Fetched | None = None
-    # The row's watermark when it was read: a fix wins only over a row that has not moved.
-    seen: Watermark | None = None
-
-
-@dataclass
-class KindReport:
-    checked: int = 0
-    drift: list[Drift] = field(default_factory=list)
-    fixed: Counter[str] = field(default_factory=Counter)
-
-    def count(self, problem: Problem) -> int:
-        return sum(1 for d in self.drift if d.problem == problem)
-
-
-@dataclass(frozen=True, slots=True)
-class _Row:
-    values: dict[str, Any]
-    seen: Watermark
-
-    @property
-    def live(self) -> bool:
-        return not self.values.get("deleted")
-
-
-def _projected(kind: MirrorKind, obj: dict[str, Any]) -> dict[str, Any]:
-    entry = KINDS[kind]
-    model = entry.parse(obj)
-    values = entry.columns(model, "upsert")
-    created = getattr(model, "created", None)
-    if created is not None:
-        values["stripe_created"] = created
-    deleted = bool(getattr(model, "deleted", False))
-    if kind != "subscription" or deleted:
-        # A canceled subscription's row is a tombstone while Stripe still lists it.
-        values["deleted"] = deleted
-    return values
-
-
-def differing_fields(kind: MirrorKind, obj: dict[str, Any], row: dict[str, Any]) -> list[str]:
-    """The mirror's columns that do not say what Stripe's object says."""
-    return sorted(
-        name
-        for name, value in _projected(kind, obj).items()
-        if name not in _NOT_COMPARED and name in row and row[name] != value
-    )
-
-
-def stripe_items(subscription: dict[str, Any]) -> ItemState:
-    items = subscription.get("items")
-    data = items.get("data") if isinstance(items, dict) else None
-    out: ItemState = {}
-    for entry in data if isinstance(data, list) else []:
-        if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
-            continue
-        price = entry.get("price")
-        price_id = price.get("id") if isinstance(price, dict) else price
-        out[entry["id"]] = (price_id if isinstance(price_id, str) else None, entry.get("quantity"))
-    return out
 
 
 class Reconciler:
@@ -170,7 +101,7 @@ class Reconciler:
 
     # -- reading: the mirror first, then Stripe ------------------------------------------
 
-    async def _rows(self, kind: str, where: Iterable[Any] = ()) -> dict[str, _Row]:
+    async def _rows(self, kind: str, where: Iterable[Any] = ()) -> dict[str, MirroredRow]:
         table = kind_named(kind).table
         # Not `raw`: the columns are what is compared, and the copies would weigh most.
         columns = [column for column in table.c if column.name != "raw"]
@@ -180,7 +111,9 @@ class Reconciler:
         async with self._sessionmaker() as session:
             result = await session.execute(query)
             return {
-                row.id: _Row(values=dict(row._mapping), seen=(row.source_ts, row.source_event_id))
+                row.id: MirroredRow(
+                    values=dict(row._mapping), seen=(row.source_ts, row.source_event_id)
+                )
                 for row in result
             }
 
@@ -297,7 +230,7 @@ class Reconciler:
                 out.setdefault(row.subscription_id, {})[row.id] = (row.price_id, row.quantity)
         return out
 
-    async def _compare_sample(self, kind: str, rows: dict[str, _Row]) -> KindReport:
+    async def _compare_sample(self, kind: str, rows: dict[str, MirroredRow]) -> KindReport:
         """A random sample of the mirror's live rows, each retrieved from Stripe: finds rows
         that differ or are gone there (what is missing here needs the whole lists)."""
         live = sorted(i for i, r in rows.items() if r.live)
@@ -346,15 +279,7 @@ class Reconciler:
             here = mirrored.get(customer_id, {})
             if stripe_set == here:
                 continue
-            fields = sorted(
-                [f"+{stripe_set[i] or i}" for i in set(stripe_set) - set(here)]
-                + [f"-{here[i] or i}" for i in set(here) - set(stripe_set)]
-                + [
-                    f"~{stripe_set[i] or i}"
-                    for i in set(here) & set(stripe_set)
-                    if here[i] != stripe_set[i]
-                ]
-            )
+            fields = entitlement_changes(stripe_set, here)
             summary = summaries.get(customer_id)
             problem: Problem = "differs" if here or summary is not None else "missing_here"
             seen = summary.seen if summary is not None else None

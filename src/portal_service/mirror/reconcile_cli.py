@@ -14,7 +14,7 @@ from portal_service.mirror.reconcile import RECONCILE_KINDS, parse_kinds
 
 if TYPE_CHECKING:
     from portal_service.config import Settings
-    from portal_service.mirror.reconcile import KindReport
+    from portal_service.mirror.drift import KindReport
 
 # Drift lines printed per kind; the counts in the table always cover everything.
 MAX_DETAILS = 20

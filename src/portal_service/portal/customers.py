@@ -22,7 +22,7 @@ from portal_service.errors import CustomerNotFound, DomainError, StripeError
 from portal_service.gateway import Fetched, Gateway, StripeObjectMissing
 from portal_service.mirror import stripe_models
 from portal_service.mirror.apply import apply_fetched
-from portal_service.mirror.projections import customer_row
+from portal_service.mirror.rows import customer_row
 from portal_service.mirror.tables import PLATFORM_ACCOUNT, Customer
 from portal_service.ops.logging import get_logger
 from portal_service.portal.schemas import CustomerLinkOut

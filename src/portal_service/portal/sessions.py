@@ -28,7 +28,7 @@ from portal_service.errors import (
 )
 from portal_service.gateway import Gateway, StripeIdempotencyConflict
 from portal_service.mirror import stripe_models
-from portal_service.mirror.projections import portal_session_row
+from portal_service.mirror.rows import portal_session_row
 from portal_service.mirror.tables import PLATFORM_ACCOUNT, PortalSession
 from portal_service.ops.logging import get_logger
 from portal_service.ops.metrics import SESSIONS_CREATED
