@@ -18,7 +18,6 @@ from portal_service.mirror.prune import prune
 from portal_service.mirror.reconcile_cli import reconcile
 from portal_service.mirror.sync_cli import sync
 from portal_service.portal.config_cli import portal_config_app
-from portal_service.portal.demo import demo_data
 
 if TYPE_CHECKING:
     from portal_service.mirror.replay import ReplaySummary
@@ -59,9 +58,10 @@ def serve(
 
     settings = load_settings(workers=workers)
     if settings.offline and settings.environment == "development":
+        from portal_service.main import create_app
         from portal_service.portal.demo import start_demo
 
-        start_demo(settings, host=host, port=port)
+        start_demo(settings, create_app, host=host, port=port)
     os.environ[READ_TIMEOUT_ENV] = str(read_timeout)
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Workers are separate processes: aggregate their metrics through shared files.
@@ -174,9 +174,25 @@ async def _replay(
         await engine.dispose()
 
 
+@app.command("demo-data")
+def demo_data(
+    reset: Annotated[
+        bool, typer.Option("--reset", help="Delete the demo objects first, then create them anew.")
+    ] = False,
+    service_url: Annotated[
+        str, typer.Option(help="Where the service is served (return URL, printed request).")
+    ] = "http://127.0.0.1:8000",
+) -> None:
+    """Create the demo user's customer, subscription, card and invoices in offline mode
+    (development only) and print the request that opens its portal."""
+    from portal_service.main import create_app
+    from portal_service.portal.demo import create_demo_data
+
+    create_demo_data(create_app, reset=reset, service_url=service_url)
+
+
 # Written next to what they drive (mirror/, portal/), registered here.
 app.command()(sync)
-app.command("demo-data")(demo_data)
 app.command()(prune)
 app.add_typer(portal_config_app)
 app.command()(reconcile)

@@ -13,10 +13,9 @@ import portal_service
 
 PACKAGE_DIR = Path(portal_service.__file__).parent
 
-# Only these may import the entry points. portal/demo.py runs the whole app in-process
-# (`portal-service demo-data`, and serve's demo), so it builds it with main.create_app.
+# Only these may import the entry points (portal/demo.py, which runs the whole app
+# in-process, is handed main.create_app by cli.py).
 ENTRY_POINTS = {"portal_service.cli", "portal_service.main"}
-MAY_IMPORT_MAIN = {"portal_service.portal.demo"}
 
 # The bottom layer: plain settings, the database plumbing, the error types.
 BASE = {"portal_service.config", "portal_service.db", "portal_service.errors"}
@@ -113,11 +112,7 @@ def violations(imports: list[Import]) -> set[tuple[str, str, str]]:
     found: set[tuple[str, str, str]] = set()
     for imp in imports:
         source, target = imp.importer, imp.target
-        if (
-            target in ENTRY_POINTS
-            and source not in ENTRY_POINTS
-            and not (target == "portal_service.main" and source in MAY_IMPORT_MAIN)
-        ):
+        if target in ENTRY_POINTS and source not in ENTRY_POINTS:
             found.add(("entry point", source, target))
         if source in BASE and within(target, *DOMAIN):
             found.add(("base imports a domain package", source, target))

@@ -13,8 +13,9 @@ import asyncio
 import copy
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
 import jwt
 import typer
@@ -27,6 +28,9 @@ from portal_service.config import ConfigError, Settings
 from portal_service.gateway import offline_objects as sim
 from portal_service.gateway.offline import OfflineGateway
 from portal_service.portal.customers import link_customer
+
+AppBuilder = Callable[[Settings], FastAPI]
+"""main.create_app, as the entry points pass it."""
 
 DEMO_USER = "demo-user"
 DEMO_EMAIL = "demo@example.com"
@@ -274,13 +278,18 @@ async def development_auth(settings: Settings) -> Settings:
 
 
 async def run_demo(
-    settings: Settings, *, service_url: str, reset: bool, only_if_empty: bool
+    settings: Settings,
+    build_app: AppBuilder,
+    *,
+    service_url: str,
+    reset: bool,
+    only_if_empty: bool,
 ) -> tuple[Settings, DemoCustomer | None]:
-    from portal_service.main import create_app
-
+    """Seed through the whole app, in-process: `build_app` is main.create_app, passed in by
+    the entry point (nothing below cli.py imports main)."""
     check_demo_allowed(settings)
     settings = await development_auth(settings)
-    app = create_app(settings)
+    app = build_app(settings)
     async with app.router.lifespan_context(app):
         gateway = state_of(app).gateway.stand_in
         if gateway is None:  # check_demo_allowed saw offline settings: a gateway was passed
@@ -300,22 +309,14 @@ async def _mirror_has_data(app: FastAPI) -> bool:
         return bool(await session.scalar(select(func.count()).select_from(Customer)))
 
 
-def demo_data(
-    reset: Annotated[
-        bool, typer.Option("--reset", help="Delete the demo objects first, then create them anew.")
-    ] = False,
-    service_url: Annotated[
-        str, typer.Option(help="Where the service is served (return URL, printed request).")
-    ] = "http://127.0.0.1:8000",
-) -> None:
-    """Create the demo user's customer, subscription, card and invoices in offline mode
-    (development only) and print the request that opens its portal."""
+def create_demo_data(build_app: AppBuilder, *, reset: bool, service_url: str) -> None:
+    """`portal-service demo-data` (registered in cli.py, which passes main.create_app)."""
     from portal_service.commands import load_settings
 
     settings = load_settings()
     try:
         settings, created = asyncio.run(
-            run_demo(settings, service_url=service_url, reset=reset, only_if_empty=False)
+            run_demo(settings, build_app, service_url=service_url, reset=reset, only_if_empty=False)
         )
     except (DemoUnavailable, ConfigError) as exc:
         raise fail(str(exc)) from None
@@ -326,7 +327,7 @@ def demo_data(
     typer.echo(announcement(settings, service_url), nl=False)
 
 
-def start_demo(settings: Settings, *, host: str, port: int) -> None:
+def start_demo(settings: Settings, build_app: AppBuilder, *, host: str, port: int) -> None:
     """`serve` in offline development: seed an empty database, make the demo token's secret
     the served app's (through the environment, so every worker has it), print the request
     once. A database that is not migrated yet only gets a hint: serving goes on."""
@@ -341,7 +342,7 @@ def start_demo(settings: Settings, *, host: str, port: int) -> None:
         # served app configures logging again with LOG_LEVEL.
         quiet = settings.model_copy(update={"log_level": "WARNING"})
         seeded, created = asyncio.run(
-            run_demo(quiet, service_url=service_url, reset=False, only_if_empty=True)
+            run_demo(quiet, build_app, service_url=service_url, reset=False, only_if_empty=True)
         )
         settings = settings.model_copy(update={"auth_jwt_secret": seeded.auth_jwt_secret})
     except Exception as exc:  # a start-up hint, never a reason not to serve
