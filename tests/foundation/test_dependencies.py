@@ -21,13 +21,16 @@ ENTRY_POINTS = {"portal_service.cli", "portal_service.main"}
 BASE = {"portal_service.config", "portal_service.db", "portal_service.errors"}
 DOMAIN = ("access", "auth", "commands", "gateway", "mirror", "notify", "ops", "portal")
 
-# The mirror's pure modules: the watermark rule, the registry of kinds and the parsing of a
-# body decide without a session or Stripe, so they import only these (and no SQL session
-# code: `uses_a_session`). The inbox knows event rows, not the objects they carry.
+# The mirror's pure modules: the watermark rule, the registry of kinds, the parsing of a
+# body, the rows built outside the ordered path and reconcile's comparisons decide without a
+# session or Stripe, so they import only these (and no SQL session code: `uses_a_session`).
+# The inbox knows event rows, not the objects they carry.
 PURE = {
     "portal_service.mirror.ordering",
     "portal_service.mirror.projections",
     "portal_service.mirror.events",
+    "portal_service.mirror.rows",
+    "portal_service.mirror.drift",
 }
 PURE_MAY_IMPORT = PURE | {
     "portal_service.config",

@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from portal_service.gateway import Fetched
+from portal_service.gateway.base import Fetched
 from portal_service.mirror.ordering import Watermark
 from portal_service.mirror.projections import KINDS, MirrorKind
 

@@ -1,7 +1,7 @@
 """The plan of one write: the rows a Stripe object becomes (its own and its children's),
-and the children it no longer lists. Pure: it names statements and values, and whoever holds
-the transaction runs them (mirror/apply.py through the session, mirror/intake_pg.py on the
-asyncpg connection), so both write the same rows.
+and the children it no longer lists. It runs nothing: it names statements and values, and
+whoever holds the transaction runs them (mirror/apply.py through the session,
+mirror/intake_pg.py on the asyncpg connection), so both write the same rows.
 """
 
 from __future__ import annotations
