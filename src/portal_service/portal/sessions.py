@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Insert
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -93,6 +95,7 @@ async def create_portal_session(
     """`service_url`: this service's base URL as the caller reached it (offline mode's
     session pages are served there)."""
     livemode = settings.livemode
+    await _autocommit(session)
     _check_target(caller, body)
     explicit = explicit_configuration(
         body.configuration, caller=caller, portal_config=portal_config, livemode=livemode
@@ -169,7 +172,7 @@ async def create_portal_session(
     if on_behalf_of is not None:
         params["on_behalf_of"] = on_behalf_of
 
-    await session.commit()  # end the read transaction before calling Stripe
+    await session.commit()  # end the reads (and release the connection) before calling Stripe
     try:
         created = await gateway.create_portal_session(
             params,
@@ -285,6 +288,38 @@ async def _resolve_customer(
     )
 
 
+async def _autocommit(session: AsyncSession) -> None:
+    """On PostgreSQL, run the session's next statements outside a transaction (until the
+    next commit hands its connection back to the pool).
+
+    For the reads before the Stripe call and for the record's single INSERT: under READ
+    COMMITTED every statement takes its own snapshot even inside a transaction, so BEGIN
+    and COMMIT around them are two round trips that buy nothing. A path that writes more
+    than one statement (a new customer, a flow's subscription fetched from Stripe) commits
+    first, and its next transaction is an ordinary one again: the option lasts only as
+    long as the connection is held. SQLite keeps its transaction (its BEGIN is local)."""
+    if session.in_transaction() or session.get_bind().dialect.name != "postgresql":
+        return
+    await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+
+
+_INSERT_NEW_SESSION: dict[str, Insert] = {
+    # Nothing on any conflict: a row with this id (the webhook's), or this key's hash
+    # (a concurrent request with the same Idempotency-Key), is handled below.
+    "postgresql": postgresql.insert(PortalSession)
+    .on_conflict_do_nothing()
+    .returning(PortalSession.__table__.c.id),  # type: ignore[attr-defined]
+    "sqlite": sqlite.insert(PortalSession)
+    .on_conflict_do_nothing()
+    .returning(PortalSession.__table__.c.id),  # type: ignore[attr-defined]
+}
+
+
+def _row_values(row: PortalSession) -> dict[str, Any]:
+    table = PortalSession.__table__  # type: ignore[attr-defined]
+    return {column.key: getattr(row, column.key) for column in table.columns}
+
+
 async def _record(
     session: AsyncSession,
     *,
@@ -293,36 +328,40 @@ async def _record(
     defaults: _SessionRecord,
 ) -> bool:
     """Write the session's row (never its URL); False if another request already did
-    (a concurrent use of the same Idempotency-Key)."""
+    (a concurrent use of the same Idempotency-Key).
+
+    The usual case is one statement: INSERT .. ON CONFLICT DO NOTHING (on PostgreSQL
+    outside a transaction, so it is also the commit). Only when it inserts nothing is the
+    row read: the webhook may have recorded the session first."""
+    fresh = portal_session_row(
+        parsed,
+        created,
+        account=PLATFORM_ACCOUNT,
+        fallback={
+            "customer_id": defaults.customer_id,
+            "configuration_id": defaults.configuration_id,
+            "locale": defaults.locale,
+            "flow_type": defaults.flow_type,
+            "return_url": defaults.return_url,
+        },
+        app_user_id=defaults.app_user_id,
+        caller=defaults.caller,
+        created=utcnow(),
+        idempotency_key_hash=defaults.idempotency_key_hash,
+        request_hash=defaults.request_hash,
+    )
+    await _autocommit(session)
+    connection = await session.connection()
+    insert = _INSERT_NEW_SESSION[connection.dialect.name]
+    inserted = (await connection.execute(insert, _row_values(fresh))).first()
+    if inserted is not None:
+        return True
+    await session.commit()  # the conflict's handling below is a transaction of its own
     row = await session.get(PortalSession, parsed.id, populate_existing=True)
     if row is None:
-        fresh = portal_session_row(
-            parsed,
-            created,
-            account=PLATFORM_ACCOUNT,
-            fallback={
-                "customer_id": defaults.customer_id,
-                "configuration_id": defaults.configuration_id,
-                "locale": defaults.locale,
-                "flow_type": defaults.flow_type,
-                "return_url": defaults.return_url,
-            },
-            app_user_id=defaults.app_user_id,
-            caller=defaults.caller,
-            created=utcnow(),
-            idempotency_key_hash=defaults.idempotency_key_hash,
-            request_hash=defaults.request_hash,
-        )
-        try:
-            async with session.begin_nested():
-                session.add(fresh)
-        except IntegrityError:
-            row = await session.get(PortalSession, parsed.id, populate_existing=True)
-            if row is None:
-                log.warning("portal_session_key_conflict", session_id=parsed.id)
-                return False
-        else:
-            return True
+        # Refused by the key's unique index: another request with this key recorded it.
+        log.warning("portal_session_key_conflict", session_id=parsed.id)
+        return False
     if row.caller is not None:
         return False
     # The billing_portal.session.created webhook recorded it first: add what only this
