@@ -5,7 +5,10 @@ against the mirrored configurations."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Any
 
+from sqlalchemy import bindparam
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
@@ -87,21 +90,51 @@ async def rule_configuration(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class MirroredConfiguration:
+    """What a session reads of a mirrored configuration."""
+
+    id: str
+    default_return_url: str | None
+    features: dict[str, Any] | None
+
+
+def _mirrored(*chosen: Any) -> Any:
+    # Only the columns a session reads (not `raw`, the whole object as JSON), built once.
+    return (
+        select(
+            col(PortalConfiguration.id),
+            col(PortalConfiguration.default_return_url),
+            col(PortalConfiguration.features),
+        )
+        .where(
+            col(PortalConfiguration.livemode) == bindparam("livemode"),
+            col(PortalConfiguration.account) == PLATFORM_ACCOUNT,
+            col(PortalConfiguration.deleted).is_(False),
+            *chosen,
+        )
+        .limit(1)
+    )
+
+
+_CHOSEN = _mirrored(col(PortalConfiguration.id) == bindparam("configuration_id"))
+_MODE_DEFAULT = _mirrored(
+    col(PortalConfiguration.is_default).is_(True), col(PortalConfiguration.active).is_(True)
+)
+
+
 async def mirrored_configuration(
     session: AsyncSession, configuration_id: str | None, *, livemode: bool
-) -> PortalConfiguration | None:
+) -> MirroredConfiguration | None:
     """The chosen configuration as mirrored, or the mode's default when none is chosen."""
-    query = select(PortalConfiguration).where(
-        col(PortalConfiguration.livemode) == livemode,
-        col(PortalConfiguration.account) == PLATFORM_ACCOUNT,
-        col(PortalConfiguration.deleted).is_(False),
-    )
+    connection = await session.connection()
     if configuration_id is not None:
-        query = query.where(col(PortalConfiguration.id) == configuration_id)
-    else:
-        query = query.where(
-            col(PortalConfiguration.is_default).is_(True),
-            col(PortalConfiguration.active).is_(True),
+        result = await connection.execute(
+            _CHOSEN, {"livemode": livemode, "configuration_id": configuration_id}
         )
-    result = await session.execute(query.limit(1))
-    return result.scalars().first()
+    else:
+        result = await connection.execute(_MODE_DEFAULT, {"livemode": livemode})
+    row = result.first()
+    if row is None:
+        return None
+    return MirroredConfiguration(id=row[0], default_return_url=row[1], features=row[2])

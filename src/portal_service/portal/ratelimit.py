@@ -9,12 +9,29 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta
+from typing import Any
 
+from sqlalchemy import Integer, bindparam
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from portal_service.errors import RateLimited
 from portal_service.mirror.tables import PortalSession
+
+
+def _nth_newest(owner_column: Any) -> Any:
+    # The limit-th newest session in the window: once it ages out, one more is allowed.
+    return (
+        select(col(PortalSession.created))
+        .where(owner_column == bindparam("owner"), col(PortalSession.created) > bindparam("since"))
+        .order_by(col(PortalSession.created).desc())
+        .offset(bindparam("skip", type_=Integer))
+        .limit(1)
+    )
+
+
+_BY_APP_USER = _nth_newest(col(PortalSession.app_user_id))
+_BY_CUSTOMER = _nth_newest(col(PortalSession.customer_id))
 
 
 async def check_rate_limit(
@@ -35,20 +52,16 @@ async def check_rate_limit(
             extra={"retry_after": window_seconds},
         )
     since = now - timedelta(seconds=window_seconds)
-    owner = (
-        col(PortalSession.app_user_id) == app_user_id
-        if app_user_id is not None
-        else col(PortalSession.customer_id) == customer_id
+    statement, owner = (
+        (_BY_APP_USER, app_user_id) if app_user_id is not None else (_BY_CUSTOMER, customer_id)
     )
-    # The limit-th newest session in the window: once it ages out, one more is allowed.
-    result = await session.execute(
-        select(PortalSession.created)
-        .where(owner, col(PortalSession.created) > since)
-        .order_by(col(PortalSession.created).desc())
-        .offset(limit - 1)
-        .limit(1)
+    # Core on the session's connection: no ORM entity is loaded, and the statement is
+    # built (and its cache key computed) once, not per request.
+    connection = await session.connection()
+    result = await connection.execute(
+        statement, {"owner": owner, "since": since, "skip": limit - 1}
     )
-    oldest_counted = result.scalars().first()
+    oldest_counted = result.scalar()
     if oldest_counted is None:
         return
     wait = (oldest_counted + timedelta(seconds=window_seconds) - now).total_seconds()
