@@ -12,6 +12,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import bindparam
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, func, or_, select
@@ -64,10 +65,44 @@ class ResolvedCustomer:
 
 
 def _metadata(raw: dict[str, Any] | None) -> dict[str, str]:
-    metadata = (raw or {}).get("metadata")
+    return _string_values((raw or {}).get("metadata"))
+
+
+def _string_values(metadata: Any) -> dict[str, str]:
     if not isinstance(metadata, dict):
         return {}
     return {str(k): v for k, v in metadata.items() if isinstance(v, str)}
+
+
+# What a session reads of the user's linked customer (access.facts.linked_customer's
+# conditions): the metadata out of `raw`, not the whole object decoded, in a statement
+# built once and run on the session's connection without the ORM.
+_LINKED_BRIEF = select(
+    col(Customer.id),
+    col(Customer.app_user_id),
+    col(Customer.email),
+    col(Customer.raw)["metadata"],
+).where(
+    col(Customer.app_user_id) == bindparam("app_user_id"),
+    col(Customer.livemode) == bindparam("livemode"),
+    col(Customer.account) == PLATFORM_ACCOUNT,
+    col(Customer.deleted).is_(False),
+)
+
+
+async def _linked_brief(
+    session: AsyncSession, *, app_user_id: str, livemode: bool
+) -> ResolvedCustomer | None:
+    connection = await session.connection()
+    result = await connection.execute(
+        _LINKED_BRIEF, {"app_user_id": app_user_id, "livemode": livemode}
+    )
+    row = result.first()
+    if row is None:
+        return None
+    return ResolvedCustomer(
+        id=row[0], app_user_id=row[1], email=row[2], metadata=_string_values(row[3])
+    )
 
 
 def customer_idempotency_key(app_user_id: str, generation: int) -> str:
@@ -132,9 +167,9 @@ async def resolve_for_user(
     auto_create: bool,
 ) -> ResolvedCustomer:
     """The user's linked customer, created (and linked) on the first visit if allowed."""
-    row = await linked_customer(session, app_user_id=app_user_id, livemode=livemode)
-    if row is not None:
-        return ResolvedCustomer.from_row(row)
+    linked = await _linked_brief(session, app_user_id=app_user_id, livemode=livemode)
+    if linked is not None:
+        return linked
     if not auto_create:
         raise CustomerNotFound(
             "No billing customer is linked to this user and AUTO_CREATE_CUSTOMERS is off."
