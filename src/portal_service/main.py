@@ -23,6 +23,7 @@ from portal_service.gateway.factory import build_gateway
 from portal_service.gateway.offline import development_settings
 from portal_service.mirror.adoption import mirrored_objects
 from portal_service.mirror.fast_lane import WebhookFastLane
+from portal_service.mirror.intake_pg import open_pool
 from portal_service.mirror.routes import router as mirror_router
 from portal_service.notify.routes import router as notify_router
 from portal_service.notify.service import Notifier
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
         )
         state = state_of(app)
         state.engine = engine
+        state.intake_pool = await open_pool(engine)
         # With NOTIFY_URL, every read-write session writes the access.changed outbox.
         state.sessionmaker = build_sessionmaker(engine, settings)
         state.read_sessionmaker = create_sessionmaker(for_reads(read_engine))
@@ -93,6 +95,8 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
             if notifier is not None:
                 await notifier.stop()
             await state.gateway.aclose()
+            if state.intake_pool is not None:
+                await state.intake_pool.close()
             if read_engine is not engine:
                 await read_engine.dispose()
             await engine.dispose()

@@ -70,7 +70,12 @@ class WebhookFastLane:
 
     async def _receive(self, app: Any, settings: Any, scope: Scope, body: bytes) -> Any:
         state = state_of(app)
-        processor = EventProcessor.for_settings(state.sessionmaker, state.gateway, settings)
+        processor = EventProcessor.for_settings(
+            state.sessionmaker,
+            state.gateway,
+            settings,
+            intake_pool=getattr(state, "intake_pool", None),
+        )
         if not processor.has_fast_path or not settings.stripe_webhook_secrets:
             return None  # SQLite, an outbox to write, or no secrets: the route does it all
         try:
