@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -44,6 +45,20 @@ DESCRIPTION = """\
 Stripe's hosted customer portal behind one small API, with an exact SQL mirror of every
 customer's billing state. Errors are RFC 9457 `application/problem+json` with a stable `code`.
 """
+
+
+_frozen = False
+
+
+def _freeze_once() -> None:
+    """What the process has built by the first start-up (modules, the app, its routes and
+    models) lives as long as it: out of the collector's sight, so its full collections under
+    load no longer walk it. Once per process: a test run starts many apps."""
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.collect()
+        gc.freeze()
 
 
 class PortalApp(FastAPI):
@@ -89,6 +104,7 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
         state.notifier = notifier
         if notifier is not None:
             notifier.start()
+        _freeze_once()
         try:
             yield
         finally:
