@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, cast
 from starlette.datastructures import State
 
 if TYPE_CHECKING:
+    import asyncpg
     from fastapi import FastAPI, Request
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -32,6 +33,9 @@ class AppState(State):
     """Prices' tax behaviors, shared by the app's requests (portal/flows.py)."""
     # Set by the lifespan.
     engine: AsyncEngine
+    intake_pool: asyncpg.Pool | None
+    """Webhook intake's fast path's own asyncpg pool on `engine` (mirror/intake_pg.py), or
+    None (not asyncpg)."""
     sessionmaker: async_sessionmaker[AsyncSession]
     """Read-write; with NOTIFY_URL its sessions write the access.changed outbox."""
     read_sessionmaker: async_sessionmaker[AsyncSession]

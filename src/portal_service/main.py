@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,6 +24,7 @@ from portal_service.gateway.factory import build_gateway
 from portal_service.gateway.offline import development_settings
 from portal_service.mirror.adoption import mirrored_objects
 from portal_service.mirror.fast_lane import WebhookFastLane
+from portal_service.mirror.intake_pg import open_pool
 from portal_service.mirror.routes import router as mirror_router
 from portal_service.notify.routes import router as notify_router
 from portal_service.notify.service import Notifier
@@ -43,6 +45,20 @@ DESCRIPTION = """\
 Stripe's hosted customer portal behind one small API, with an exact SQL mirror of every
 customer's billing state. Errors are RFC 9457 `application/problem+json` with a stable `code`.
 """
+
+
+_frozen = False
+
+
+def _freeze_once() -> None:
+    """What the process has built by the first start-up (modules, the app, its routes and
+    models) lives as long as it: out of the collector's sight, so its full collections under
+    load no longer walk it. Once per process: a test run starts many apps."""
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.collect()
+        gc.freeze()
 
 
 class PortalApp(FastAPI):
@@ -77,6 +93,7 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
         )
         state = state_of(app)
         state.engine = engine
+        state.intake_pool = await open_pool(engine)
         # With NOTIFY_URL, every read-write session writes the access.changed outbox.
         state.sessionmaker = build_sessionmaker(engine, settings)
         state.read_sessionmaker = create_sessionmaker(for_reads(read_engine))
@@ -87,12 +104,15 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
         state.notifier = notifier
         if notifier is not None:
             notifier.start()
+        _freeze_once()
         try:
             yield
         finally:
             if notifier is not None:
                 await notifier.stop()
             await state.gateway.aclose()
+            if state.intake_pool is not None:
+                await state.intake_pool.close()
             if read_engine is not engine:
                 await read_engine.dispose()
             await engine.dispose()

@@ -1,5 +1,7 @@
 """The pool without pre-ping (db.py): after PostgreSQL ends every backend of the service's
-database, the next webhook and the next /readyz succeed without restarting the app.
+database, the next webhook and the next /readyz succeed without restarting the app. The
+same for webhook intake's own asyncpg pool (mirror/intake_pg.py `open_pool`): its fast path
+answers the next event on a fresh connection.
 
 Only the backends of this run's own test database are terminated (filtered by datname).
 """
@@ -14,6 +16,7 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mirror.stripe_payloads import subscription
+from portal_service.mirror.intake import EventProcessor
 from support import deliver, make_event
 
 _OTHER_BACKENDS = (
@@ -128,3 +131,56 @@ class TestPoolRecovery:
                 assert not driver.is_closed()
                 await _terminate_other_backends(engine)
                 assert await _seen_closed([driver])
+
+    async def test_the_intake_pool_recovers_and_its_fast_path_answers(
+        self, engine: AsyncEngine, client_factory: Callable[..., Any], monkeypatch: Any
+    ) -> None:
+        """Every delivery below is answered by the fast path on the intake pool: the general
+        path, which would otherwise answer an event the fast path hands on, fails the test."""
+
+        async def no_general_path(*_args: Any, **_kwargs: Any) -> Any:
+            raise AssertionError("the event went to the general path")
+
+        monkeypatch.setattr(EventProcessor, "receive", no_general_path)
+        async with client_factory() as client:
+            pool: Any = client.app.state.intake_pool  # type: ignore[attr-defined]
+            assert pool is not None
+            first = await asyncio.gather(
+                *(
+                    deliver(
+                        client,
+                        make_event(
+                            "customer.subscription.updated",
+                            subscription(f"sub_ipool_{n}", customer="cus_ipool"),
+                        ),
+                    )
+                    for n in range(4)
+                )
+            )
+            assert [r.status_code for r in first] == [200] * 4
+            opened = [h._con for h in pool._holders if h._con is not None]
+            assert opened
+            assert pool.get_idle_size() == len(opened)  # every one back in the pool
+
+            killed = await _terminate_other_backends(engine)
+            assert len(killed) >= len(opened)
+            assert await _seen_closed(opened)
+
+            after = [
+                await deliver(
+                    client,
+                    make_event(
+                        "customer.subscription.updated",
+                        subscription(f"sub_ipool_after_{n}", customer="cus_ipool"),
+                    ),
+                )
+                for n in range(len(opened) + 1)
+            ]
+
+        assert [r.status_code for r in after] == [200] * len(after)
+        assert {r.json()["status"] for r in after} == {"processed"}
+        async with engine.connect() as connection:
+            applied = await connection.scalar(
+                text("SELECT count(*) FROM subscriptions WHERE id LIKE 'sub_ipool_after_%'")
+            )
+        assert applied == len(after)

@@ -11,6 +11,7 @@ answers 200, so a request it hands on has left nothing behind.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -18,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from portal_service.app_state import state_of
 from portal_service.mirror.events import parse_event, verify
 from portal_service.mirror.intake import EventProcessor
-from portal_service.mirror.schemas import WebhookAck
+from portal_service.mirror.schemas import WebhookAck, WebhookStatus
 
 _PATH = "/webhooks"
 
@@ -27,6 +28,9 @@ class WebhookFastLane:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self._route: Any = None
+        # The processor of the app state's (sessionmaker, gateway, settings, intake pool):
+        # built once, not per event.
+        self._processor: tuple[tuple[Any, ...], EventProcessor] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != _PATH or scope["method"] != "POST":
@@ -55,7 +59,7 @@ class WebhookFastLane:
             await self.app(scope, _replay(chunks, more, receive), send)
             return
         scope["route"] = self._webhook_route()
-        body = WebhookAck(status=status).model_dump_json().encode()
+        body = _ack(status)
         await send(
             {
                 "type": "http.response.start",
@@ -69,8 +73,7 @@ class WebhookFastLane:
         await send({"type": "http.response.body", "body": body})
 
     async def _receive(self, app: Any, settings: Any, scope: Scope, body: bytes) -> Any:
-        state = state_of(app)
-        processor = EventProcessor.for_settings(state.sessionmaker, state.gateway, settings)
+        processor = self._processor_for(app, settings)
         if not processor.has_fast_path or not settings.stripe_webhook_secrets:
             return None  # SQLite, an outbox to write, or no secrets: the route does it all
         try:
@@ -80,6 +83,19 @@ class WebhookFastLane:
             return None
         return await processor.receive_fast(received)
 
+    def _processor_for(self, app: Any, settings: Any) -> EventProcessor:
+        state = state_of(app)
+        pool = getattr(state, "intake_pool", None)
+        key = (state.sessionmaker, state.gateway, settings, pool)
+        cached = self._processor
+        if cached is not None and all(a is b for a, b in zip(cached[0], key, strict=True)):
+            return cached[1]
+        processor = EventProcessor.for_settings(
+            state.sessionmaker, state.gateway, settings, intake_pool=pool
+        )
+        self._processor = (key, processor)
+        return processor
+
     def _webhook_route(self) -> Any:
         # The route's own object, so the access log and metrics label the request as the
         # route would have.
@@ -88,6 +104,12 @@ class WebhookFastLane:
 
             self._route = next(r for r in router.routes if getattr(r, "path", None) == _PATH)
         return self._route
+
+
+@functools.cache
+def _ack(status: WebhookStatus) -> bytes:
+    """The route's answer for `status`, rendered once per status."""
+    return WebhookAck(status=status).model_dump_json().encode()
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -57,6 +57,8 @@ from portal_service.ops.logging import get_logger
 from portal_service.ops.metrics import WEBHOOK_APPLY_SECONDS, WEBHOOK_EVENTS
 
 if TYPE_CHECKING:
+    import asyncpg
+
     from portal_service.mirror.thin import ThinEvents
 
 log = get_logger("portal_service.webhooks")
@@ -109,10 +111,12 @@ class EventProcessor:
         livemode: bool,
         accept_other_mode_events: bool,
         fast_path: bool = True,
+        intake_pool: asyncpg.Pool | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
-        # PostgreSQL: new events skip SQLAlchemy's execution layer (mirror/intake_pg.py).
-        self._fast = FastIntake.for_sessionmaker(sessionmaker) if fast_path else None
+        # PostgreSQL: new events skip SQLAlchemy's execution layer (mirror/intake_pg.py),
+        # on the app's `intake_pool` when there is one.
+        self._fast = FastIntake.for_sessionmaker(sessionmaker, intake_pool) if fast_path else None
         self._gateway = gateway
         self._livemode = livemode
         self._accept_other_mode = accept_other_mode_events
@@ -123,12 +127,15 @@ class EventProcessor:
         sessionmaker: async_sessionmaker[AsyncSession],
         gateway: Gateway,
         settings: Settings,
+        *,
+        intake_pool: asyncpg.Pool | None = None,
     ) -> EventProcessor:
         return cls(
             sessionmaker,
             gateway,
             livemode=settings.livemode,
             accept_other_mode_events=settings.accept_other_mode_events,
+            intake_pool=intake_pool,
         )
 
     def _thin(self) -> ThinEvents:

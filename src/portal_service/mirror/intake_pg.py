@@ -9,6 +9,12 @@ processors; the decision is `ordering.decide` and the rows are `write_plan.plan_
 that is not a new event decided without Stripe (a redelivery, a tie for Stripe, a failure
 of any kind) rolls back and goes to the general path, which then does all of it: nothing
 is acknowledged before a commit, so the event is applied once, or recorded `failed` there.
+
+The app's lifespan opens the fast path's own asyncpg pool (`open_pool`) on the engine's
+database: a checkout from SQLAlchemy's pool costs three greenlet bridges (connect, the raw
+connection, close), and with more deliveries in flight than its 10 pooled connections it
+opens and closes an overflow connection per event. Without that pool (tests, commands) the
+fast path checks out the engine's pooled connection instead, as before.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import orjson
 from sqlalchemy import JSON, Executable, Table
 from sqlalchemy.engine import Dialect
@@ -123,6 +130,47 @@ _LEFT_OUT_PARAMS = {
 }
 
 
+# The fast path's own pool: as many connections as the engine's pool keeps.
+POOL_SIZE = 10
+
+
+class _Adapted:
+    """What SQLAlchemy's codec set-up reads of its adapted connection."""
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self._connection = connection
+
+
+async def _keep_session(_connection: asyncpg.Connection) -> None:
+    """The pool's reset at release, beyond asyncpg's rollback of an open transaction: none.
+    The fast path leaves no session state (its lock is transaction-level; no SET, LISTEN or
+    cursor), and asyncpg's default reset would be one more round trip per event."""
+
+
+async def open_pool(engine: AsyncEngine, *, size: int = POOL_SIZE) -> asyncpg.Pool | None:
+    """The fast path's own asyncpg pool on `engine`'s database (its URL's connect arguments
+    and SQLAlchemy's JSON codecs, so values bind and read as on the engine's connections),
+    or None when the engine is not asyncpg's. Connections open on first use (none at start,
+    as the engine's) and stay open. A connection the server ended (a restart,
+    pg_terminate_backend) is seen closed by asyncpg and replaced at the next acquire; one
+    that dies unseen fails its statement, which sends that event to the general path."""
+    if engine.dialect.driver != "asyncpg":
+        return None
+    dialect: Any = engine.dialect
+    args, kwargs = dialect.create_connect_args(engine.url)
+    for adapter_only in ("prepared_statement_cache_size", "prepared_statement_name_func"):
+        kwargs.pop(adapter_only, None)  # SQLAlchemy's adapter's, not asyncpg.connect's
+
+    async def init(connection: asyncpg.Connection) -> None:
+        await dialect.setup_asyncpg_json_codec(_Adapted(connection))
+        await dialect.setup_asyncpg_jsonb_codec(_Adapted(connection))
+
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        *args, min_size=0, max_size=size, init=init, reset=_keep_session, **kwargs
+    )
+    return pool
+
+
 class _Fallback(Exception):
     """Not for this path: roll back and let the general path do it all."""
 
@@ -131,20 +179,24 @@ class FastIntake:
     """Records and applies a new event on PostgreSQL in one transaction on the raw asyncpg
     connection: BEGIN, insert the event with the object's lock, read the row, write, COMMIT."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, pool: asyncpg.Pool | None = None) -> None:
         self._engine = engine
         self._dialect = engine.dialect
+        self._pool = pool
 
     @classmethod
-    def for_sessionmaker(cls, sessionmaker: async_sessionmaker[AsyncSession]) -> FastIntake | None:
+    def for_sessionmaker(
+        cls, sessionmaker: async_sessionmaker[AsyncSession], pool: asyncpg.Pool | None = None
+    ) -> FastIntake | None:
         """The fast path for this sessionmaker's engine, or None: not PostgreSQL over asyncpg,
-        or an apply observer is installed (issue 12's outbox writes through the session)."""
+        or an apply observer is installed (issue 12's outbox writes through the session).
+        `pool`: `open_pool`'s on that engine, else the engine's own pooled connections."""
         if sessionmaker.kw.get("info", {}).get(APPLY_OBSERVER) is not None:
             return None
         engine = sessionmaker.kw.get("bind")
         if not isinstance(engine, AsyncEngine) or engine.dialect.driver != "asyncpg":
             return None
-        return cls(engine)
+        return cls(engine, pool)
 
     async def receive(
         self,
@@ -163,19 +215,42 @@ class FastIntake:
             # Statement hooks (tracing, the tests' statement counts) see every statement
             # of an engine that has them: the general path sends its statements through them.
             return None
+        apply = functools.partial(
+            self._transaction, event, insert_event, kind, object_id, incoming, source
+        )
+        if self._pool is not None:
+            try:
+                async with self._pool.acquire() as connection:
+                    return await apply(connection)
+            except Exception:
+                # A connection that could not be opened or died unseen (asyncpg replaces
+                # a closed one at its next acquire): the general path takes the event.
+                return None
         async with self._engine.connect() as conn:
             driver: Any = (await conn.get_raw_connection()).driver_connection
-            try:
-                async with driver.transaction():
-                    outcome = await self._apply(
-                        driver, event, insert_event, kind, object_id, incoming, source
-                    )
-            except Exception:
-                if driver.is_closed():
-                    await conn.invalidate()
-                # Rolled back: the general path records it failed, or applies it.
-                return None
+            outcome = await apply(driver)
+            if outcome is None and driver.is_closed():
+                await conn.invalidate()
         return outcome
+
+    async def _transaction(
+        self,
+        event: Mapping[str, Any],
+        insert_event: Executable,
+        kind: MirrorKind,
+        object_id: str,
+        incoming: Incoming,
+        source: Source,
+        driver: Any,
+    ) -> Outcome | None:
+        try:
+            async with driver.transaction():
+                return await self._apply(
+                    driver, event, insert_event, kind, object_id, incoming, source
+                )
+        except Exception:
+            # Rolled back: the general path records it failed, or applies it.
+            return None
 
     async def _apply(
         self,

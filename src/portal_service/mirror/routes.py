@@ -46,7 +46,10 @@ async def _processor(
 ) -> EventProcessor:
     # Intake runs its own transactions (one per event, two around a Stripe re-fetch), so
     # it takes the sessionmaker rather than the request's session.
-    return EventProcessor.for_settings(app_state(request).sessionmaker, gateway, settings)
+    state = app_state(request)
+    return EventProcessor.for_settings(
+        state.sessionmaker, gateway, settings, intake_pool=getattr(state, "intake_pool", None)
+    )
 
 
 Processor = Annotated[EventProcessor, Depends(_processor)]
