@@ -67,10 +67,10 @@ def _default_of(table: Table | None, name: str) -> Callable[[], Any]:
     if default is None:
         raise KeyError(name)
     if default.is_scalar:
-        value = default.arg  # type: ignore[attr-defined]
+        value = default.arg  # type: ignore[attr-defined]  # a ScalarElementColumnDefault
         return lambda: value
     if default.is_callable:
-        function = default.arg  # type: ignore[attr-defined]
+        function = default.arg  # type: ignore[attr-defined]  # a CallableColumnDefault
         return lambda: function(None)
     raise KeyError(name)
 
@@ -79,7 +79,7 @@ def _default_of(table: Table | None, name: str) -> Callable[[], Any]:
 def _compile(
     statement: Executable, dialect: Dialect, columns: tuple[str, ...], table: Table | None
 ) -> _Compiled:
-    compiled = statement.compile(dialect=dialect, column_keys=list(columns))  # type: ignore[attr-defined]
+    compiled = statement.compile(dialect=dialect, column_keys=list(columns))  # type: ignore[attr-defined]  # a ClauseElement
     names = tuple(compiled.positiontup or ())
     # SQLAlchemy's own bind processors (JSON encoding, UTC datetimes), so the values are
     # what the session would have sent.
@@ -130,8 +130,10 @@ _LEFT_OUT_PARAMS = {
 }
 
 
-# The fast path's own pool: as many connections as the engine's pool keeps.
+# The fast path's own pool: as many connections as the engine's pool keeps; a delivery
+# that waits longer than SQLAlchemy's pool would (30 s) for one goes to the general path.
 POOL_SIZE = 10
+ACQUIRE_TIMEOUT = 30.0
 
 
 class _Adapted:
@@ -220,7 +222,7 @@ class FastIntake:
         )
         if self._pool is not None:
             try:
-                async with self._pool.acquire() as connection:
+                async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as connection:
                     return await apply(connection)
             except Exception:
                 # A connection that could not be opened or died unseen (asyncpg replaces

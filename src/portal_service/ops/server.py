@@ -46,7 +46,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._read_deadline.cancel()
             self._read_deadline = None
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn passes a Transport
         super().connection_made(transport)
         self._arm()  # a client that connects and sends nothing
 

@@ -31,7 +31,7 @@ from portal_service.errors import (
 from portal_service.gateway import Gateway, StripeIdempotencyConflict
 from portal_service.mirror import stripe_models
 from portal_service.mirror.rows import portal_session_row
-from portal_service.mirror.tables import PLATFORM_ACCOUNT, PortalSession
+from portal_service.mirror.tables import PLATFORM_ACCOUNT, PortalSession, table_of
 from portal_service.ops.logging import get_logger
 from portal_service.ops.metrics import SESSIONS_CREATED
 from portal_service.portal.configs import PortalConfigFile
@@ -303,21 +303,17 @@ async def _autocommit(session: AsyncSession) -> None:
     await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
 
+_SESSIONS = table_of(PortalSession)
 _INSERT_NEW_SESSION: dict[str, Insert] = {
     # Nothing on any conflict: a row with this id (the webhook's), or this key's hash
     # (a concurrent request with the same Idempotency-Key), is handled below.
-    "postgresql": postgresql.insert(PortalSession)
-    .on_conflict_do_nothing()
-    .returning(PortalSession.__table__.c.id),  # type: ignore[attr-defined]
-    "sqlite": sqlite.insert(PortalSession)
-    .on_conflict_do_nothing()
-    .returning(PortalSession.__table__.c.id),  # type: ignore[attr-defined]
+    "postgresql": postgresql.insert(_SESSIONS).on_conflict_do_nothing().returning(_SESSIONS.c.id),
+    "sqlite": sqlite.insert(_SESSIONS).on_conflict_do_nothing().returning(_SESSIONS.c.id),
 }
 
 
 def _row_values(row: PortalSession) -> dict[str, Any]:
-    table = PortalSession.__table__  # type: ignore[attr-defined]
-    return {column.key: getattr(row, column.key) for column in table.columns}
+    return {column.key: getattr(row, column.key) for column in _SESSIONS.columns}
 
 
 async def _record(
