@@ -77,7 +77,7 @@ def engine_of() -> Callable[[httpx.AsyncClient], AsyncEngine]:
 
 
 class TestRoundTripsPerSession:
-    async def test_an_end_user_session_is_four_statements_and_no_transaction(
+    async def test_an_end_user_session_is_three_statements_and_no_transaction(
         self,
         stripe_app: httpx.AsyncClient,
         stripe_fake: StripeFake,
@@ -92,7 +92,7 @@ class TestRoundTripsPerSession:
         assert kinds(seen) == [
             "SELECT customers",  # the user's linked customer
             "SELECT portal_sessions",  # the rate limit
-            "SELECT portal_configurations",  # the mode's default configuration
+            # no configuration read: PORTAL_DEFAULT_RETURN_URL gives the return URL
             "INSERT portal_sessions",  # the record, ON CONFLICT DO NOTHING
         ]
         assert "ON CONFLICT DO NOTHING" in seen[-1]
@@ -121,17 +121,13 @@ class TestRoundTripsPerSession:
         assert (created.status_code, again.status_code) == (201, 201)
         assert again.headers["Idempotent-Replayed"] == "true"
         assert again.json()["id"] == created.json()["id"]
-        assert len(first) == 5
+        assert len(first) == 4
         assert kinds(first)[0] == "SELECT portal_sessions"  # the key's history
         # A replay skips the rate limit and writes nothing.
-        assert kinds(replayed) == [
-            "SELECT portal_sessions",
-            "SELECT customers",
-            "SELECT portal_configurations",
-        ]
+        assert kinds(replayed) == ["SELECT portal_sessions", "SELECT customers"]
         assert len(await mirror.all(PortalSession)) == 1
 
-    async def test_a_backend_naming_a_customer_is_four_statements(
+    async def test_a_backend_naming_a_customer_is_three_statements(
         self,
         stripe_app: httpx.AsyncClient,
         stripe_fake: StripeFake,
@@ -147,6 +143,28 @@ class TestRoundTripsPerSession:
         assert kinds(seen) == [
             "SELECT customers",
             "SELECT portal_sessions",
-            "SELECT portal_configurations",
+            "INSERT portal_sessions",
+        ]
+
+    async def test_the_configuration_is_read_when_its_return_url_is_needed(
+        self,
+        stripe_client: Callable[..., Any],
+        stripe_fake: StripeFake,
+        mirror: Mirror,
+        engine_of: Callable[[httpx.AsyncClient], AsyncEngine],
+    ) -> None:
+        await mirror.customer("cus_1", app_user_id="user_1")
+        await mirror.configuration(
+            "bpc_default", is_default=True, default_return_url="https://app.example.com/home"
+        )
+        async with stripe_client(portal_default_return_url=None) as client:
+            with round_trips(engine_of(client)) as seen:
+                response = await client.post("/portal-sessions", headers=user_headers("user_1"))
+        assert response.status_code == 201, response.json()
+        assert response.json()["return_url"] == "https://app.example.com/home"
+        assert kinds(seen) == [
+            "SELECT customers",
+            "SELECT portal_sessions",
+            "SELECT portal_configurations",  # the mode's default: its default_return_url
             "INSERT portal_sessions",
         ]

@@ -36,6 +36,7 @@ from portal_service.ops.logging import get_logger
 from portal_service.ops.metrics import SESSIONS_CREATED
 from portal_service.portal.configs import PortalConfigFile
 from portal_service.portal.configuration_choice import (
+    MirroredConfiguration,
     configured_on_behalf_of,
     explicit_configuration,
     mirrored_configuration,
@@ -139,14 +140,16 @@ async def create_portal_session(
     selected = explicit or await rule_configuration(
         session, portal_config, customer=customer, settings=settings
     )
-    configuration = await mirrored_configuration(
-        session, selected.configuration_id if selected else None, livemode=livemode
-    )
-    return_url = (
-        body.return_url
-        or settings.portal_default_return_url
-        or (configuration.default_return_url if configuration is not None else None)
-    )
+    # The mirrored configuration is read only when something needs it: the return URL's
+    # last fallback, or a flow's check of its features (one round trip saved otherwise).
+    configuration: MirroredConfiguration | None = None
+    return_url = body.return_url or settings.portal_default_return_url
+    if return_url is None or body.flow is not None:
+        configuration = await mirrored_configuration(
+            session, selected.configuration_id if selected else None, livemode=livemode
+        )
+    if return_url is None and configuration is not None:
+        return_url = configuration.default_return_url
     if return_url is None:
         raise ReturnUrlRequired(
             "No return_url was given, PORTAL_DEFAULT_RETURN_URL is not set and the portal "
