@@ -1,6 +1,6 @@
 """AppState: what create_app and its lifespan build (settings, engines, sessionmakers, the
-gateway, the JWKS cache, the parsed PORTAL_CONFIG_FILE, the notifier, the tax-behavior
-cache), typed, on `app.state`.
+gateway, the JWKS cache, the verified tokens, the parsed PORTAL_CONFIG_FILE, the notifier,
+the tax-behavior cache), typed, on `app.state`.
 
 Every module reads it through `app_state(request)` or `state_of(app)` instead of untyped
 `app.state` keys. The attributes stay on Starlette's `State`, so `app.state.engine` still
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI, Request
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-    from portal_service.auth import JwksCache
+    from portal_service.auth import JwksCache, VerifiedTokens
     from portal_service.config import Settings
     from portal_service.gateway.base import Gateway
     from portal_service.notify.service import Notifier
@@ -31,6 +31,8 @@ class AppState(State):
     settings: Settings
     tax_behavior_cache: TaxBehaviorCache
     """Prices' tax behaviors, shared by the app's requests (portal/flows.py)."""
+    verified_tokens: VerifiedTokens
+    """HS256 tokens already verified, shared by the routes and the entitlements lane."""
     # Set by the lifespan.
     engine: AsyncEngine
     intake_pool: asyncpg.Pool | None

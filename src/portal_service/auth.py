@@ -201,12 +201,8 @@ def _api_key_caller(presented: str, settings: Settings) -> ApiKeyCaller | None:
 async def _end_user(
     request: Request, settings: Settings, credentials: HTTPAuthorizationCredentials
 ) -> EndUser:
-    return await end_user_of(credentials.credentials, settings, app_state(request).jwks)
-
-
-async def end_user_of(token: str, settings: Settings, jwks: JwksCache | None) -> EndUser:
-    """The end user a bearer token names, verified; Unauthenticated (or AuthUnavailable) if not."""
-    return _user_of(await _decode(token, settings, jwks), settings)
+    state = app_state(request)
+    return await state.verified_tokens.end_user(credentials.credentials, settings, state.jwks)
 
 
 def _user_of(claims: dict[str, Any], settings: Settings) -> EndUser:
@@ -232,7 +228,8 @@ class _Verified:
 
 class VerifiedTokens:
     """HS256 tokens already verified, keyed by the exact token string, so a client polling
-    with one token pays for its signature and claims once. Only the secret's tokens: one
+    with one token pays for its signature and claims once (one per app, in AppState: every
+    route's bearer check and the entitlements lane use it). Only the secret's tokens: one
     secret, no key rotation to follow (JWKS tokens are verified every time). `exp`, `nbf`
     and `iat` are still checked on every request, with PyJWT's rule and leeway; a token
     outside its window is verified again, and refused as before. Bounded: emptied when full.

@@ -14,7 +14,7 @@ from portal_service import __version__
 from portal_service.access.fast_lane import EntitlementsFastLane
 from portal_service.access.routes import router as access_router
 from portal_service.app_state import AppState, state_of
-from portal_service.auth import JwksCache
+from portal_service.auth import JwksCache, VerifiedTokens
 from portal_service.commands import build_sessionmaker
 from portal_service.config import Settings, get_settings
 from portal_service.db import create_engine, create_sessionmaker, for_reads
@@ -125,6 +125,7 @@ def create_app(settings: Settings | None = None, *, gateway: Gateway | None = No
     )
     state_of(app).settings = settings
     state_of(app).tax_behavior_cache = TaxBehaviorCache()
+    state_of(app).verified_tokens = VerifiedTokens()
     install_error_handlers(app)
     # Inside the body limit and CORS, like the route it stands in for.
     app.add_middleware(EntitlementsFastLane)

@@ -13,7 +13,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi import FastAPI
 
 from auth.idp import JWKS_SETTINGS, JWKS_URL, IdentityProvider, SigningKey
-from portal_service.auth import AdminCaller, AnyCaller, BackendCaller, CurrentUser, JwksCache
+from portal_service.auth import (
+    AdminCaller,
+    AnyCaller,
+    BackendCaller,
+    CurrentUser,
+    JwksCache,
+    VerifiedTokens,
+)
 from portal_service.config import Settings
 from portal_service.errors import install_error_handlers
 
@@ -50,6 +57,7 @@ def build_auth_app(settings: Settings) -> FastAPI:
     app = FastAPI()
     app.state.settings = settings
     app.state.jwks = JwksCache(settings.auth_jwks_url) if settings.auth_jwks_url else None
+    app.state.verified_tokens = VerifiedTokens()
     install_error_handlers(app)
 
     @app.get("/user")

@@ -22,7 +22,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from portal_service.access.entitlements import access_policy, entitlements_response
 from portal_service.access.facts_pg import FastAccessRead
 from portal_service.app_state import state_of
-from portal_service.auth import VerifiedTokens
 
 _PATH = "/me/entitlements"
 
@@ -31,7 +30,6 @@ class EntitlementsFastLane:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self._route: Any = None
-        self._tokens = VerifiedTokens()
         self._read_sessionmaker: Any = None
         self._read: FastAccessRead | None = None
 
@@ -65,7 +63,7 @@ class EntitlementsFastLane:
             return None
         settings = state.settings
         try:
-            user = await self._tokens.end_user(token, settings, state.jwks)
+            user = await state.verified_tokens.end_user(token, settings, state.jwks)
             customer = await read.customer_access(
                 app_user_id=user.user_id, livemode=settings.livemode
             )
