@@ -808,12 +808,20 @@ class Bench:
             self.tool, server, lines, connections=16, duration=self.mode.duration, expect=expect
         )
 
-    def entitlements(self, service: Server) -> None:
+    def entitlements(self, service: Server, service_url: str) -> None:
         hello = Server(
             "hello", uvicorn_argv("bench.baseline:hello_app", port := free_port()), {}, port
         )
+        reader = Server(
+            "one-read endpoint",
+            uvicorn_argv("bench.baseline:read_app", port := free_port()),
+            {"BASELINE_DATABASE_URL": plain(service_url), "BASELINE_JWT_SECRET": JWT_SECRET},
+            port,
+        )
         try:
             hello_row = Row("GET hello world, 16 connections", "FastAPI hello world")
+            read_row = Row("GET one-read endpoint, 16 connections", "JWT + one SELECT")
+            read_row.vs = hello_row
             ent_row = Row("GET /me/entitlements, 16 connections", "portal-service")
             ent_row.vs = hello_row
             ent_row.target_note = ">= 0.4x"
@@ -821,6 +829,16 @@ class Bench:
             self.alternate(
                 [
                     (hello_row, lambda warm: self.get(hello, "/", "", expect="Hello", warm=warm)),
+                    (
+                        read_row,
+                        lambda warm: self.get(
+                            reader,
+                            "/me/entitlements",
+                            auth,
+                            expect='"has_access":true',
+                            warm=warm,
+                        ),
+                    ),
                     (
                         ent_row,
                         lambda warm: self.get(
@@ -833,16 +851,26 @@ class Bench:
                     ),
                 ]
             )
-            hello_row.rss_mb, ent_row.rss_mb = hello.rss_mb(), service.rss_mb()
-            self.rows += [hello_row, ent_row]
+            hello_row.rss_mb, read_row.rss_mb = hello.rss_mb(), reader.rss_mb()
+            ent_row.rss_mb = service.rss_mb()
+            if read_row.rate:
+                ent_row.note = f"{ent_row.rate / read_row.rate:.2f}x the one-read endpoint"
+            self.rows += [hello_row, read_row, ent_row]
         finally:
             hello.stop()
+            reader.stop()
 
     def portal_sessions(self, service_url: str) -> None:
         fake = Server(
             "fake-stripe",
             uvicorn_argv("bench.fake_stripe:fake_stripe_app", port := free_port()),
             {"FAKE_STRIPE_LATENCY_MS": "50"},
+            port,
+        )
+        bare = Server(
+            "bare SDK endpoint",
+            uvicorn_argv("bench.baseline:portal_app", port := free_port()),
+            {"BASELINE_JWT_SECRET": JWT_SECRET, "BASELINE_STRIPE_API_BASE": fake.url},
             port,
         )
         service = start_service(
@@ -881,25 +909,33 @@ class Bench:
                 (PORTAL_USERS, f"{PORTAL_USERS} users"),
             ):
                 fake_row = Row(f"fake Stripe alone, {label}", "fake Stripe (50 ms)")
+                bare_row = Row(f"bare SDK endpoint, {label}", "JWT + the SDK's call")
                 row = Row(f"POST /portal-sessions, {label}", "portal-service")
-                row.vs = fake_row
+                bare_row.vs = row.vs = fake_row
                 if connections == 1:
                     row.target_note = "overhead < 3 ms p50"
                 self.alternate(
                     [
                         (fake_row, lambda warm, c=connections: measure(fake, fake_lines, c, warm)),
+                        (bare_row, lambda warm, c=connections: measure(bare, lines, c, warm)),
                         (row, lambda warm, c=connections: measure(service, lines, c, warm)),
                     ]
                 )
                 row.rss_mb = service.rss_mb()
+                bare_row.note = (
+                    f"beyond the fake measured alone: p50 {bare_row.p50 - fake_row.p50:+.1f} ms, "
+                    f"p99 {bare_row.p99 - fake_row.p99:+.1f} ms"
+                )
                 row.note = (
                     f"beyond the fake's nominal 50 ms: p50 {row.p50 - 50:+.1f} ms, "
                     f"p99 {row.p99 - 50:+.1f} ms; beyond the fake measured alone: p50 "
-                    f"{row.p50 - fake_row.p50:+.1f} ms, p99 {row.p99 - fake_row.p99:+.1f} ms"
+                    f"{row.p50 - fake_row.p50:+.1f} ms, p99 {row.p99 - fake_row.p99:+.1f} ms; "
+                    f"beyond the bare SDK endpoint: p50 {row.p50 - bare_row.p50:+.1f} ms"
                 )
-                self.rows += [fake_row, row]
+                self.rows += [fake_row, bare_row, row]
         finally:
             service.stop()
+            bare.stop()
             fake.stop()
 
     def sync(self, dbs: Databases) -> None:
@@ -1051,7 +1087,7 @@ def main() -> int:
             if "workers" in only:
                 bench.workers(service, service_url)
             if "entitlements" in only:
-                bench.entitlements(service)
+                bench.entitlements(service, service_url)
         finally:
             service.stop()
         if "portal" in only:
