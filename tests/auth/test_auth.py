@@ -34,6 +34,22 @@ def expires() -> int:
 
 @pytest.mark.sqlite
 class TestHs256Tokens:
+    async def test_a_token_accepted_before_is_refused_once_expired(
+        self, auth_client: Callable[..., Any]
+    ) -> None:
+        # Every route's bearer check shares the app's verified-token cache: a hit is still
+        # held to the token's window. Valid for two more seconds (28 s past exp, within
+        # PyJWT's 30 s leeway).
+        token = hs256({"sub": "user_x", "exp": int(time.time()) - 28})
+        async with auth_client() as client:
+            first = await client.get("/user", headers=bearer(token))
+            again = await client.get("/any", headers=bearer(token))
+            await asyncio.sleep(2.5)
+            expired = await client.get("/user", headers=bearer(token))
+        assert (first.status_code, again.status_code) == (200, 200)
+        assert expired.status_code == 401
+        assert expired.json()["code"] == "unauthenticated"
+
     async def test_a_valid_token_names_the_user_and_email(
         self, auth_client: Callable[..., Any]
     ) -> None:
