@@ -221,8 +221,11 @@ class FastIntake:
             self._transaction, event, insert_event, kind, object_id, incoming, source
         )
         if self._pool is not None:
+            # The bound is for waiting on a busy pool. With a connection idle, acquiring
+            # does not wait, and asyncpg's timeout would cost a timer per event for nothing.
+            timeout = None if self._pool.get_idle_size() else ACQUIRE_TIMEOUT
             try:
-                async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as connection:
+                async with self._pool.acquire(timeout=timeout) as connection:
                     return await apply(connection)
             except Exception:
                 # A connection that could not be opened or died unseen (asyncpg replaces
