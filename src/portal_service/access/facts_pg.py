@@ -85,8 +85,8 @@ class FastAccessRead:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        # No more reads at once than the pool keeps connections: beyond that the pool
-        # would open a connection for each read and close it after (its overflow).
+        # No more reads at once than the pool has connections: the rest wait here, on an
+        # asyncio semaphore, rather than in the pool's queue behind its greenlet bridge.
         size = getattr(engine.sync_engine.pool, "size", None)
         self._slots = asyncio.Semaphore(size() if callable(size) else 10)
 

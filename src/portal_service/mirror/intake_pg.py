@@ -12,9 +12,9 @@ is acknowledged before a commit, so the event is applied once, or recorded `fail
 
 The app's lifespan opens the fast path's own asyncpg pool (`open_pool`) on the engine's
 database: a checkout from SQLAlchemy's pool costs three greenlet bridges (connect, the raw
-connection, close), and with more deliveries in flight than its 10 pooled connections it
-opens and closes an overflow connection per event. Without that pool (tests, commands) the
-fast path checks out the engine's pooled connection instead, as before.
+connection, close), and the webhooks do not wait behind the API's reads and writes for the
+engine's connections. Without that pool (tests, commands) the fast path checks out the
+engine's pooled connection instead, as before.
 """
 
 from __future__ import annotations
@@ -130,8 +130,9 @@ _LEFT_OUT_PARAMS = {
 }
 
 
-# The fast path's own pool: as many connections as the engine's pool keeps; a delivery
-# that waits longer than SQLAlchemy's pool would (30 s) for one goes to the general path.
+# The fast path's own pool, beside the engine's (20): ten transactions at once already
+# keep two cores busy; a delivery that waits longer than SQLAlchemy's pool would (30 s)
+# for one goes to the general path.
 POOL_SIZE = 10
 ACQUIRE_TIMEOUT = 30.0
 
@@ -222,7 +223,8 @@ class FastIntake:
         )
         if self._pool is not None:
             # The bound is for waiting on a busy pool. With a connection idle, acquiring
-            # does not wait, and asyncpg's timeout would cost a timer per event for nothing.
+            # waits on no other delivery (at most on opening a connection, which asyncpg
+            # bounds itself), and asyncpg's timeout would cost a timer per event.
             timeout = None if self._pool.get_idle_size() else ACQUIRE_TIMEOUT
             try:
                 async with self._pool.acquire(timeout=timeout) as connection:
