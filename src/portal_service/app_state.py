@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, cast
 from starlette.datastructures import State
 
 if TYPE_CHECKING:
-    import asyncpg
     from fastapi import FastAPI, Request
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
     from portal_service.auth import JwksCache, VerifiedTokens
     from portal_service.config import Settings
     from portal_service.gateway.base import Gateway
+    from portal_service.mirror.intake_pool import IntakePool
     from portal_service.notify.service import Notifier
     from portal_service.portal.configs import PortalConfigFile
     from portal_service.portal.flows import TaxBehaviorCache
@@ -35,7 +35,7 @@ class AppState(State):
     """HS256 tokens already verified, shared by the routes and the entitlements lane."""
     # Set by the lifespan.
     engine: AsyncEngine
-    intake_pool: asyncpg.Pool | None
+    intake_pool: IntakePool | None
     """Webhook intake's fast path's own asyncpg pool on `engine` (mirror/intake_pg.py), or
     None (not asyncpg)."""
     sessionmaker: async_sessionmaker[AsyncSession]

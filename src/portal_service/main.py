@@ -24,7 +24,7 @@ from portal_service.gateway.factory import build_gateway
 from portal_service.gateway.offline import development_settings
 from portal_service.mirror.adoption import mirrored_objects
 from portal_service.mirror.fast_lane import WebhookFastLane
-from portal_service.mirror.intake_pg import open_pool
+from portal_service.mirror.intake_pool import open_pool
 from portal_service.mirror.routes import router as mirror_router
 from portal_service.notify.routes import router as notify_router
 from portal_service.notify.service import Notifier

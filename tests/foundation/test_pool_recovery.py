@@ -1,6 +1,6 @@
 """The pool without pre-ping (db.py): after PostgreSQL ends every backend of the service's
 database, the next webhook and the next /readyz succeed without restarting the app. The
-same for webhook intake's own asyncpg pool (mirror/intake_pg.py `open_pool`): its fast path
+same for webhook intake's own asyncpg pool (mirror/intake_pool.py `open_pool`): its fast path
 answers the next event on a fresh connection.
 
 Only the backends of this run's own test database are terminated (filtered by datname).
@@ -143,8 +143,9 @@ class TestPoolRecovery:
 
         monkeypatch.setattr(EventProcessor, "receive", no_general_path)
         async with client_factory() as client:
-            pool: Any = client.app.state.intake_pool  # type: ignore[attr-defined]
-            assert pool is not None
+            intake_pool: Any = client.app.state.intake_pool  # type: ignore[attr-defined]
+            assert intake_pool is not None
+            pool = intake_pool.pool
             first = await asyncio.gather(
                 *(
                     deliver(

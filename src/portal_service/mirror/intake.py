@@ -44,6 +44,7 @@ from portal_service.mirror.inbox import (
     wait_on_stripe,
 )
 from portal_service.mirror.intake_pg import FastIntake
+from portal_service.mirror.intake_pool import IntakePool
 from portal_service.mirror.locks import lock_key, lock_object
 from portal_service.mirror.ordering import Outcome, Source, parse_incoming
 from portal_service.mirror.projections import (
@@ -57,8 +58,6 @@ from portal_service.ops.logging import get_logger
 from portal_service.ops.metrics import WEBHOOK_APPLY_SECONDS, WEBHOOK_EVENTS
 
 if TYPE_CHECKING:
-    import asyncpg
-
     from portal_service.mirror.thin import ThinEvents
 
 log = get_logger("portal_service.webhooks")
@@ -111,7 +110,7 @@ class EventProcessor:
         livemode: bool,
         accept_other_mode_events: bool,
         fast_path: bool = True,
-        intake_pool: asyncpg.Pool | None = None,
+        intake_pool: IntakePool | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
         # PostgreSQL: new events skip SQLAlchemy's execution layer (mirror/intake_pg.py),
@@ -128,7 +127,7 @@ class EventProcessor:
         gateway: Gateway,
         settings: Settings,
         *,
-        intake_pool: asyncpg.Pool | None = None,
+        intake_pool: IntakePool | None = None,
     ) -> EventProcessor:
         return cls(
             sessionmaker,

@@ -10,7 +10,7 @@ that is not a new event decided without Stripe (a redelivery, a tie for Stripe, 
 of any kind) rolls back and goes to the general path, which then does all of it: nothing
 is acknowledged before a commit, so the event is applied once, or recorded `failed` there.
 
-The app's lifespan opens the fast path's own asyncpg pool (`open_pool`) on the engine's
+The app's lifespan opens the fast path's own asyncpg pool (mirror/intake_pool.py) on the engine's
 database: a checkout from SQLAlchemy's pool costs three greenlet bridges (connect, the raw
 connection, close), and the webhooks do not wait behind the API's reads and writes for the
 engine's connections. Without that pool (tests, commands) the fast path checks out the
@@ -25,13 +25,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import orjson
 from sqlalchemy import JSON, Executable, Table
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from portal_service.mirror.apply import row_query
+from portal_service.mirror.intake_pool import IntakePool
 from portal_service.mirror.observers import APPLY_OBSERVER
 from portal_service.mirror.ordering import Incoming, Outcome, RowState, Source, decide
 from portal_service.mirror.projections import MirrorKind
@@ -130,50 +130,6 @@ _LEFT_OUT_PARAMS = {
 }
 
 
-# The fast path's own pool, beside the engine's (20): ten transactions at once already
-# keep two cores busy; a delivery that waits longer than SQLAlchemy's pool would (30 s)
-# for one goes to the general path.
-POOL_SIZE = 10
-ACQUIRE_TIMEOUT = 30.0
-
-
-class _Adapted:
-    """What SQLAlchemy's codec set-up reads of its adapted connection."""
-
-    def __init__(self, connection: asyncpg.Connection) -> None:
-        self._connection = connection
-
-
-async def _keep_session(_connection: asyncpg.Connection) -> None:
-    """The pool's reset at release, beyond asyncpg's rollback of an open transaction: none.
-    The fast path leaves no session state (its lock is transaction-level; no SET, LISTEN or
-    cursor), and asyncpg's default reset would be one more round trip per event."""
-
-
-async def open_pool(engine: AsyncEngine, *, size: int = POOL_SIZE) -> asyncpg.Pool | None:
-    """The fast path's own asyncpg pool on `engine`'s database (its URL's connect arguments
-    and SQLAlchemy's JSON codecs, so values bind and read as on the engine's connections),
-    or None when the engine is not asyncpg's. Connections open on first use (none at start,
-    as the engine's) and stay open. A connection the server ended (a restart,
-    pg_terminate_backend) is seen closed by asyncpg and replaced at the next acquire; one
-    that dies unseen fails its statement, which sends that event to the general path."""
-    if engine.dialect.driver != "asyncpg":
-        return None
-    dialect: Any = engine.dialect
-    args, kwargs = dialect.create_connect_args(engine.url)
-    for adapter_only in ("prepared_statement_cache_size", "prepared_statement_name_func"):
-        kwargs.pop(adapter_only, None)  # SQLAlchemy's adapter's, not asyncpg.connect's
-
-    async def init(connection: asyncpg.Connection) -> None:
-        await dialect.setup_asyncpg_json_codec(_Adapted(connection))
-        await dialect.setup_asyncpg_jsonb_codec(_Adapted(connection))
-
-    pool: asyncpg.Pool = await asyncpg.create_pool(
-        *args, min_size=0, max_size=size, init=init, reset=_keep_session, **kwargs
-    )
-    return pool
-
-
 class _Fallback(Exception):
     """Not for this path: roll back and let the general path do it all."""
 
@@ -182,14 +138,14 @@ class FastIntake:
     """Records and applies a new event on PostgreSQL in one transaction on the raw asyncpg
     connection: BEGIN, insert the event with the object's lock, read the row, write, COMMIT."""
 
-    def __init__(self, engine: AsyncEngine, pool: asyncpg.Pool | None = None) -> None:
+    def __init__(self, engine: AsyncEngine, pool: IntakePool | None = None) -> None:
         self._engine = engine
         self._dialect = engine.dialect
         self._pool = pool
 
     @classmethod
     def for_sessionmaker(
-        cls, sessionmaker: async_sessionmaker[AsyncSession], pool: asyncpg.Pool | None = None
+        cls, sessionmaker: async_sessionmaker[AsyncSession], pool: IntakePool | None = None
     ) -> FastIntake | None:
         """The fast path for this sessionmaker's engine, or None: not PostgreSQL over asyncpg,
         or an apply observer is installed (issue 12's outbox writes through the session).
@@ -222,16 +178,13 @@ class FastIntake:
             self._transaction, event, insert_event, kind, object_id, incoming, source
         )
         if self._pool is not None:
-            # The bound is for waiting on a busy pool. With a connection idle, acquiring
-            # waits on no other delivery (at most on opening a connection, which asyncpg
-            # bounds itself), and asyncpg's timeout would cost a timer per event.
-            timeout = None if self._pool.get_idle_size() else ACQUIRE_TIMEOUT
             try:
-                async with self._pool.acquire(timeout=timeout) as connection:
+                async with self._pool.connection() as connection:
                     return await apply(connection)
             except Exception:
-                # A connection that could not be opened or died unseen (asyncpg replaces
-                # a closed one at its next acquire): the general path takes the event.
+                # No turn within the bound, or a connection that could not be opened or
+                # died unseen (asyncpg replaces a closed one at its next acquire): the
+                # general path takes the event.
                 return None
         async with self._engine.connect() as conn:
             driver: Any = (await conn.get_raw_connection()).driver_connection
