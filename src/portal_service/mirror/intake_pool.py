@@ -41,9 +41,10 @@ class IntakePool:
     (asyncio's hands a released permit to its first waiter), and the pool never has a
     waiter of its own."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, wait_bound: float = ACQUIRE_TIMEOUT) -> None:
         self.pool = pool
         self._turns = asyncio.Semaphore(pool.get_max_size())
+        self._wait_bound = wait_bound
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -51,7 +52,7 @@ class IntakePool:
             # The bound is for waiting on a busy pool, as SQLAlchemy's (30 s). With a turn
             # free the pool has a connection for it (or opens one, which asyncpg bounds),
             # and a timer per event would be paid for nothing.
-            async with asyncio.timeout(ACQUIRE_TIMEOUT):
+            async with asyncio.timeout(self._wait_bound):
                 await self._turns.acquire()
         else:
             await self._turns.acquire()
