@@ -36,8 +36,8 @@ class AppState(State):
     # Set by the lifespan.
     engine: AsyncEngine
     intake_pool: IntakePool | None
-    """Webhook intake's fast path's own asyncpg pool on `engine` (mirror/intake_pg.py), or
-    None (not asyncpg)."""
+    """Webhook intake's fast path's own asyncpg pool on `engine`, handed out in arrival order
+    (mirror/intake_pool.py), or None (not asyncpg)."""
     sessionmaker: async_sessionmaker[AsyncSession]
     """Read-write; with NOTIFY_URL its sessions write the access.changed outbox."""
     read_sessionmaker: async_sessionmaker[AsyncSession]
